@@ -1,0 +1,58 @@
+# One-command set-up. Picks the `gpu` extra when nvidia-smi sees a GPU, `cpu` otherwise,
+# and on CPU machines pins torch to the CPU wheel (constraints-cpu.txt).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+EXTRA := $(if $(filter 1,$(HAS_GPU)),gpu,cpu)
+CONSTRAINTS := $(if $(filter 1,$(HAS_GPU)),,-c constraints-cpu.txt)
+# Data: SSI_DATA_DIR if set, else ../shared/data when it exists, else ./data
+SSI_DATA_DIR ?= $(if $(wildcard ../shared/data/Beauty.txt),$(abspath ../shared/data),$(abspath data))
+export SSI_DATA_DIR
+DATASET ?= lastfm
+PRESET ?= smoke
+PORT ?= 8000
+
+.PHONY: help venv run train export serve test test-fast bench loadtest lint clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+$(VENV)/.installed-$(EXTRA): pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(if $(filter 0,$(HAS_GPU)),$(PY) -m pip install -q torch==2.13.0,)
+	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[$(EXTRA),test,loadtest,dev]"
+	touch $@
+
+venv: $(VENV)/.installed-$(EXTRA)  ## create .venv and install (cpu or gpu extra, chosen automatically)
+
+train: venv  ## quick training of the distilled student on DATASET with PRESET
+	$(PY) training/run_all.py --preset $(PRESET) --datasets $(DATASET) --out artifacts/runs-$(PRESET)
+
+serve: venv  ## start the server on the latest artifact
+	$(PY) -m serving --port $(PORT)
+
+run: train  ## set-up + train quick preset + export + serve (command 1 of the README)
+	@echo
+	@echo "Server starting on http://127.0.0.1:$(PORT)  (docs: http://127.0.0.1:$(PORT)/docs)"
+	@echo "Try:  curl -s -X POST http://127.0.0.1:$(PORT)/recommend -H 'content-type: application/json' -d '{\"history\": [1, 2, 3], \"k\": 5}'"
+	@echo
+	$(PY) -m serving --port $(PORT)
+
+test: venv  ## the test suite (command 2 of the README; what CI runs)
+	$(PY) -m pytest -q
+
+bench: venv  ## serving benchmark (not part of the tests)
+	$(PY) -m loadtest.bench
+
+loadtest: venv  ## 2-minute locust run against a running server on PORT
+	$(PY) -m loadtest.run --url http://127.0.0.1:$(PORT) --duration 120 --users 50
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint Dockerfile
+
+clean:
+	rm -rf $(VENV) .pytest_cache

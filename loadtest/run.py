@@ -1,0 +1,210 @@
+"""Bounded headless locust run against a loopback server, with a one-screen summary; soak mode.
+
+Examples::
+
+    # 2 minutes, 50 closed-loop users, against `make run`'s server
+    python -m loadtest.run --url http://127.0.0.1:8000 --duration 120 --users 50
+    # soak: 10 minutes at a fixed 100 req/s; pass = zero failures and flat RSS
+    python -m loadtest.run --url http://127.0.0.1:8000 --soak
+
+It starts nothing it does not stop: the only process it starts is locust (killed at the time limit plus a
+margin). Only loopback targets are accepted. Writes into ``--out``: locust's CSV files (``locust_*.csv``),
+its HTML report (``report.html``), ``summary.txt`` and ``summary.json``, and ``resources.csv`` (server RSS
+and CPU over time, from /proc when the server's PID can be found, else from its ``/metrics``).
+Exit status: 0 on success, 1 on failures (or a failed soak), 2 on bad arguments or an unreachable server.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from loadtest.report import (
+    LocustStats,
+    ResourceSampler,
+    format_summary,
+    read_locust_failures,
+    read_locust_stats,
+    require_loopback,
+    summarise_resources,
+    wait_ready,
+    find_listening_pids,
+)
+from loadtest.traffic import TrafficConfig
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+MAX_DURATION_S = 3600
+MAX_USERS = 1000
+MAX_RATE = 20000.0
+SOAK_DURATION_S = 600
+SOAK_RATE = 100.0
+SOAK_USERS = 20
+
+
+def run_locust(
+    url: str,
+    users: int,
+    duration_s: float,
+    traffic: TrafficConfig,
+    csv_prefix: Path,
+    html: Path | None = None,
+    spawn_rate: float | None = None,
+    quiet: bool = True,
+) -> dict[str, LocustStats]:
+    """Run locust headless (bounded by ``duration_s`` + a margin) and return its parsed stats.
+
+    ``traffic`` travels to the locust process through ``SSI_LOADTEST_*`` environment variables.
+    """
+    url = require_loopback(url)
+    if not 1 <= users <= MAX_USERS:
+        raise ValueError(f"users must be in 1..{MAX_USERS}")
+    if not 0 < duration_s <= MAX_DURATION_S:
+        raise ValueError(f"duration must be in (0, {MAX_DURATION_S}] s")
+    csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "-u", str(users), "-r", str(spawn_rate or users), "-t", f"{int(round(duration_s))}s",
+        "--host", url, "--csv", str(csv_prefix), "--stop-timeout", "5", "--loglevel", "WARNING",
+        "--exit-code-on-error", "0",
+    ]
+    if quiet:
+        cmd.append("--only-summary")
+    if html is not None:
+        cmd += ["--html", str(html)]
+    env = {**os.environ, **traffic.to_env()}
+    # Locust itself should not fight the server for threads.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    out = subprocess.DEVNULL if quiet else None
+    subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.PIPE if quiet else None,
+                   timeout=duration_s + 90, check=False, cwd=Path(__file__).resolve().parent.parent)
+    return read_locust_stats(csv_prefix)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest.run",
+        description="Bounded headless locust run against a loopback recommender server, with a summary "
+                    "(RPS, p50/p95/p99/p99.9, failures, server CPU and RSS). Soak mode: fixed rate, "
+                    "pass = zero failures and flat RSS.",
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (loopback only)")
+    p.add_argument("--duration", type=float, default=None,
+                   help=f"seconds (default 60; soak {SOAK_DURATION_S}; at most {MAX_DURATION_S})")
+    p.add_argument("--users", type=int, default=None,
+                   help=f"simulated users (default 20; soak {SOAK_USERS}; at most {MAX_USERS})")
+    p.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
+    p.add_argument("--rate", type=float, default=None,
+                   help=f"fixed total request rate in req/s (default: closed loop, as fast as possible; soak {SOAK_RATE})")
+    p.add_argument("--soak", action="store_true",
+                   help="soak mode: 10 minutes at a fixed rate; pass = zero failures and flat RSS")
+    p.add_argument("--rss-slope-limit", type=float, default=16.0,
+                   help="soak: largest RSS slope (MiB/hour, fitted after the first 20%% of the run) that counts as flat")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default artifacts/loadtest/<time>)")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="server PID for /proc CPU/RSS (default: found from the listening port, else /metrics)")
+    p.add_argument("--sample-interval", type=float, default=None, help="resource sampling period in s (default 1; soak 5)")
+    p.add_argument("--wait-ready", type=float, default=30.0, help="seconds to wait for /health/ready before starting")
+    p.add_argument("--ready-path", default="/health/ready", help="readiness path polled before the run")
+    p.add_argument("--verbose", action="store_true", help="show locust's own output")
+    g = p.add_argument_group("traffic (defaults from SSI_LOADTEST_* env vars, else loadtest.traffic.TrafficConfig)")
+    base = TrafficConfig.from_env()
+    g.add_argument("--dataset", default=base.dataset, help="dataset whose test histories make the requests")
+    g.add_argument("--data-dir", default=base.data_dir, help="data folder (default $SSI_DATA_DIR, else ./data)")
+    g.add_argument("--k", type=int, default=base.k, help="items per answer")
+    g.add_argument("--anonymous-share", type=float, default=base.anonymous_share, help="share without user_id")
+    g.add_argument("--exclude-seen-share", type=float, default=base.exclude_seen_share, help="share with exclude_seen")
+    g.add_argument("--candidates-share", type=float, default=base.candidates_share, help="share with a candidate list")
+    g.add_argument("--batch-share", type=float, default=base.batch_share, help="share sent to /recommend/batch")
+    g.add_argument("--batch-size", type=int, default=base.batch_size, help="requests per batch call")
+    g.add_argument("--max-history", type=int, default=base.max_history, help="longest history sent")
+    g.add_argument("--check", choices=("full", "shape"), default=base.check, help="answer checks")
+    g.add_argument("--seed", type=int, default=base.seed, help="seed of the request pool")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        url = require_loopback(args.url)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    duration = args.duration if args.duration is not None else (SOAK_DURATION_S if args.soak else 60.0)
+    users = args.users if args.users is not None else (SOAK_USERS if args.soak else 20)
+    rate = args.rate if args.rate is not None else (SOAK_RATE if args.soak else 0.0)
+    interval = args.sample_interval or (5.0 if args.soak else 1.0)
+    if not 0 < duration <= MAX_DURATION_S or not 1 <= users <= MAX_USERS or not 0 <= rate <= MAX_RATE:
+        print(f"error: need 0 < duration <= {MAX_DURATION_S}, 1 <= users <= {MAX_USERS}, 0 <= rate <= {MAX_RATE}",
+              file=sys.stderr)
+        return 2
+    try:
+        traffic = replace(
+            TrafficConfig.from_env(), dataset=args.dataset, data_dir=args.data_dir, k=args.k,
+            anonymous_share=args.anonymous_share, exclude_seen_share=args.exclude_seen_share,
+            candidates_share=args.candidates_share, batch_share=args.batch_share, batch_size=args.batch_size,
+            max_history=args.max_history, check=args.check, seed=args.seed,
+            rate_per_user=rate / users if rate > 0 else 0.0,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or Path("artifacts/loadtest") / time.strftime("%Y%m%dT%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+
+    if not wait_ready(url, args.wait_ready, args.ready_path):
+        print(f"error: {url}{args.ready_path} did not answer 200 within {args.wait_ready:.0f} s", file=sys.stderr)
+        return 2
+    port = urlsplit(url).port or (443 if url.startswith("https") else 80)
+    pids = [args.server_pid] if args.server_pid else find_listening_pids(port)
+    sampler = ResourceSampler(pids or None, url + "/metrics", interval=interval).start()
+    t0 = time.monotonic()
+    try:
+        stats = run_locust(url, users, duration, traffic, out / "locust", html=out / "report.html",
+                           spawn_rate=args.spawn_rate, quiet=not args.verbose)
+    except (subprocess.TimeoutExpired, FileNotFoundError, ValueError) as e:
+        sampler.stop()
+        print(f"error: locust run failed: {e}", file=sys.stderr)
+        return 2
+    finally:
+        samples = sampler.stop()
+    wall = time.monotonic() - t0
+    with open(out / "resources.csv", "w") as fh:
+        fh.write("t_s,rss_bytes,cpu_seconds\n")
+        for s in samples:
+            fh.write(f"{s.t:.2f},{s.rss_bytes:.0f},{s.cpu_seconds:.3f}\n")
+    res = summarise_resources(samples, sampler.source)
+    agg = stats["Aggregated"]
+    extra: dict[str, str] = {"mode": "soak" if args.soak else ("fixed rate" if rate else "closed loop")}
+    if rate:
+        extra["target rate"] = f"{rate:.0f} req/s (achieved {agg.rps:.1f})"
+    extra["traffic"] = (f"{traffic.dataset}/{traffic.split}, k={traffic.k}, anonymous {traffic.anonymous_share:.0%}, "
+                        f"exclude_seen {traffic.exclude_seen_share:.0%}, candidates {traffic.candidates_share:.0%}, "
+                        f"batch {traffic.batch_share:.0%} x{traffic.batch_size}")
+    ok = agg.failures == 0 and agg.requests > 0
+    verdict = None
+    if args.soak:
+        flat = res is not None and abs(res.rss_slope_mib_per_hour) <= args.rss_slope_limit
+        ok = ok and flat
+        slope_txt = f"{res.rss_slope_mib_per_hour:+.1f}" if res else "n/a"
+        verdict = (f"SOAK {'PASS' if ok else 'FAIL'}: failures {agg.failures} (need 0), RSS slope {slope_txt} MiB/h "
+                   f"(need |slope| <= {args.rss_slope_limit})")
+    text = format_summary(url, wall, users, stats, res, read_locust_failures(out / "locust"), extra, verdict)
+    (out / "summary.txt").write_text(text + "\n")
+    (out / "summary.json").write_text(json.dumps({
+        "url": url, "duration_s": wall, "users": users, "rate": rate, "soak": args.soak, "pass": ok,
+        "stats": {k: asdict(v) for k, v in stats.items()},
+        "resources": asdict(res) if res else None, "traffic": asdict(traffic),
+    }, indent=2, default=str))
+    print(text)
+    print(f"  files: {out}/ (report.html, locust_stats.csv, summary.txt, resources.csv)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

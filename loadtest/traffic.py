@@ -1,0 +1,297 @@
+"""Realistic request traffic for the recommender, and the checks every response must pass.
+
+Requests are drawn from a dataset's test histories (``protocol.eval_examples(ds, "test")``): each request
+takes the most recent ``n`` items of one user's test input, with ``n`` drawn log-uniformly between 1 and
+``max_history`` so that short and long histories both occur. A configurable share of the requests is
+anonymous (no ``user_id``), asks for ``exclude_seen``, restricts the answer to a candidate list, or goes
+to the batch endpoint.
+
+The pool of requests is built once, serialised once (so the load generator spends its CPU on HTTP, not on
+JSON encoding), and each prepared request carries what a correct answer must look like, so that every
+response is checked: status, shape, types, ``k`` items (or fewer only when fewer exist), ids in range, no
+duplicates, scores sorted, seen items absent when excluded, items within the candidates when given.
+
+Configuration comes from environment variables (so that locust's worker processes see it), see
+:meth:`TrafficConfig.from_env`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "SSI_LOADTEST_"
+RECOMMEND_PATH = "/recommend"
+BATCH_PATH = "/recommend/batch"
+
+
+@dataclass(frozen=True)
+class TrafficConfig:
+    """What the traffic looks like. Every field maps to ``SSI_LOADTEST_<FIELD>`` (data_dir: ``SSI_DATA_DIR``)."""
+
+    dataset: str = "lastfm"
+    data_dir: str | None = None
+    split: str = "test"
+    k: int = 10
+    anonymous_share: float = 0.3
+    exclude_seen_share: float = 0.5
+    candidates_share: float = 0.1
+    batch_share: float = 0.05
+    batch_size: int = 8
+    num_candidates: int = 100
+    max_history: int = 200
+    pool_size: int = 2000
+    seed: int = 0
+    #: Requests per second per simulated user (locust ``constant_throughput``); 0 = as fast as possible.
+    rate_per_user: float = 0.0
+    #: ``full``: all checks; ``shape``: status and shape only (types, lengths, sortedness).
+    check: str = "full"
+
+    def __post_init__(self) -> None:
+        for name in ("anonymous_share", "exclude_seen_share", "candidates_share", "batch_share"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.batch_size < 1 or self.num_candidates < 1 or self.max_history < 1 or self.pool_size < 1:
+            raise ValueError("batch_size, num_candidates, max_history and pool_size must be >= 1")
+        if self.check not in ("full", "shape"):
+            raise ValueError(f"check must be 'full' or 'shape', got {self.check!r}")
+        if self.rate_per_user < 0:
+            raise ValueError(f"rate_per_user must be >= 0, got {self.rate_per_user}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TrafficConfig:
+        """Read ``SSI_LOADTEST_*`` (and ``SSI_DATA_DIR``) from ``env`` (default ``os.environ``)."""
+        env = os.environ if env is None else env
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            key = "SSI_DATA_DIR" if f.name == "data_dir" else ENV_PREFIX + f.name.upper()
+            if key not in env or env[key] == "":
+                continue
+            raw = env[key]
+            default = f.default
+            if isinstance(default, bool):
+                kwargs[f.name] = raw.lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                kwargs[f.name] = int(raw)
+            elif isinstance(default, float):
+                kwargs[f.name] = float(raw)
+            else:
+                kwargs[f.name] = raw
+        return cls(**kwargs)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that make :meth:`from_env` return this config."""
+        out: dict[str, str] = {}
+        for name, value in asdict(self).items():
+            if value is None:
+                continue
+            key = "SSI_DATA_DIR" if name == "data_dir" else ENV_PREFIX + name.upper()
+            out[key] = str(value)
+        return out
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a correct answer to one recommendation request looks like."""
+
+    k: int
+    num_items: int
+    #: Items that must not appear (the history, when ``exclude_seen``); empty otherwise.
+    excluded: frozenset[int] = frozenset()
+    #: When the request restricts the answer to candidates: the allowed items.
+    candidates: frozenset[int] | None = None
+
+    @property
+    def expected_len(self) -> int:
+        """``k``, or fewer only when fewer items are eligible."""
+        if self.candidates is not None:
+            available = len(self.candidates - self.excluded)
+        else:
+            available = self.num_items - sum(1 for i in self.excluded if 1 <= i <= self.num_items)
+        return min(self.k, available)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """One serialised request with the expectations for its answer(s)."""
+
+    path: str
+    name: str
+    body: bytes
+    expect: tuple[Expectation, ...]
+    payload: dict = field(compare=False, repr=False, default_factory=dict)
+
+    @property
+    def is_batch(self) -> bool:
+        return self.path == BATCH_PATH
+
+
+def sample_length(rng: random.Random, available: int, max_history: int) -> int:
+    """A history length in ``[1, min(available, max_history)]``, log-uniform (many short, some long)."""
+    hi = max(1, min(available, max_history))
+    if hi == 1:
+        return 1
+    return max(1, min(hi, int(round(math.exp(rng.uniform(0.0, math.log(hi)))))))
+
+
+def build_single(
+    rng: random.Random,
+    history: list[int],
+    user_id: int | None,
+    target: int | None,
+    cfg: TrafficConfig,
+    num_items: int,
+) -> tuple[dict, Expectation]:
+    """One ``/recommend`` payload from a user's history, and what its answer must satisfy."""
+    n = sample_length(rng, len(history), cfg.max_history)
+    hist = [int(i) for i in history[-n:]]
+    exclude_seen = rng.random() < cfg.exclude_seen_share
+    payload: dict[str, Any] = {"history": hist, "k": cfg.k, "exclude_seen": exclude_seen}
+    if user_id is not None and rng.random() >= cfg.anonymous_share:
+        payload["user_id"] = int(user_id)
+    candidates: frozenset[int] | None = None
+    if rng.random() < cfg.candidates_share:
+        c = min(cfg.num_candidates, num_items)
+        pool = set()
+        if target is not None and 1 <= target <= num_items:
+            pool.add(int(target))
+        while len(pool) < c:
+            pool.add(rng.randint(1, num_items))
+        cand_list = sorted(pool)
+        rng.shuffle(cand_list)
+        payload["candidates"] = cand_list
+        candidates = frozenset(cand_list)
+    excluded = frozenset(hist) if exclude_seen else frozenset()
+    return payload, Expectation(k=cfg.k, num_items=num_items, excluded=excluded, candidates=candidates)
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        import orjson
+
+        return orjson.dumps(obj)
+    except ImportError:  # pragma: no cover - orjson is a dependency
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def build_pool_from_histories(
+    histories: list[list[int]],
+    user_ids: list[int] | None,
+    targets: list[int] | None,
+    num_items: int,
+    cfg: TrafficConfig,
+) -> list[PreparedRequest]:
+    """Build ``cfg.pool_size`` prepared requests from plain histories (no dataset file needed)."""
+    if not histories:
+        raise ValueError("no histories to draw requests from")
+    rng = random.Random(cfg.seed)
+    pool: list[PreparedRequest] = []
+    usable = [i for i, h in enumerate(histories) if len(h) > 0]
+    if not usable:
+        raise ValueError("every history is empty")
+
+    def one() -> tuple[dict, Expectation]:
+        u = rng.choice(usable)
+        return build_single(
+            rng, list(histories[u]), None if user_ids is None else user_ids[u],
+            None if targets is None else targets[u], cfg, num_items,
+        )
+
+    for _ in range(cfg.pool_size):
+        if rng.random() < cfg.batch_share:
+            items = [one() for _ in range(cfg.batch_size)]
+            payload = {"requests": [p for p, _ in items]}
+            pool.append(PreparedRequest(BATCH_PATH, BATCH_PATH, _dumps(payload), tuple(e for _, e in items), payload))
+        else:
+            payload, exp = one()
+            name = RECOMMEND_PATH + (" (candidates)" if exp.candidates is not None else "")
+            pool.append(PreparedRequest(RECOMMEND_PATH, name, _dumps(payload), (exp,), payload))
+    return pool
+
+
+def build_pool(cfg: TrafficConfig) -> tuple[list[PreparedRequest], int]:
+    """Load ``cfg.dataset`` and build the request pool from its ``cfg.split`` inputs.
+
+    Returns the pool and the dataset's number of items. User ids sent are the raw ids of the file.
+    """
+    from protocol import eval_examples, load_dataset
+
+    ds = load_dataset(cfg.dataset, cfg.data_dir)
+    inputs, targets = eval_examples(ds, cfg.split)  # type: ignore[arg-type]
+    histories = [s.tolist() for s in inputs]
+    pool = build_pool_from_histories(
+        histories, [int(u) for u in ds.users], [int(t) for t in targets], ds.num_items, cfg
+    )
+    return pool, ds.num_items
+
+
+# ----------------------------------------------------------------------------------------- checks
+
+def check_recommendation(exp: Expectation, rec: Any, check: str = "full") -> str | None:
+    """``None`` when ``rec`` is a correct answer for ``exp``, else a short reason (the failure message)."""
+    if not isinstance(rec, dict):
+        return f"answer is {type(rec).__name__}, not an object"
+    items, scores = rec.get("items"), rec.get("scores")
+    if not isinstance(items, list) or not isinstance(scores, list):
+        return "items/scores missing or not lists"
+    if not isinstance(rec.get("model"), str):
+        return "model missing or not a string"
+    if not isinstance(rec.get("fallback"), bool):
+        return "fallback missing or not a boolean"
+    if len(items) != len(scores):
+        return f"{len(items)} items but {len(scores)} scores"
+    want = exp.expected_len
+    if len(items) != want:
+        return f"{len(items)} items, expected {want}"
+    for s in scores:
+        if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
+            return "a score is not a finite number"
+    for a, b in zip(scores, scores[1:]):
+        if b > a + 1e-5 * max(1.0, abs(a)):
+            return "scores not sorted in decreasing order"
+    for i in items:
+        if not isinstance(i, int) or isinstance(i, bool):
+            return "an item id is not an integer"
+    if check == "shape":
+        return None
+    if len(set(items)) != len(items):
+        return "duplicate items"
+    if any(not 1 <= i <= exp.num_items for i in items):
+        return f"item id out of range 1..{exp.num_items}"
+    if exp.excluded and any(i in exp.excluded for i in items):
+        return "a seen item was returned with exclude_seen"
+    if exp.candidates is not None and any(i not in exp.candidates for i in items):
+        return "an item outside the candidates was returned"
+    return None
+
+
+def batch_results(data: Any) -> list | None:
+    """The list of answers in a batch response (``{"results": [...]}``), or None when absent."""
+    if isinstance(data, dict):
+        for key in ("results", "responses"):
+            if isinstance(data.get(key), list):
+                return data[key]
+    return None
+
+
+def check_response(req: PreparedRequest, data: Any, check: str = "full") -> str | None:
+    """Check a decoded response body against a prepared request; ``None`` when correct."""
+    if not req.is_batch:
+        return check_recommendation(req.expect[0], data, check)
+    results = batch_results(data)
+    if results is None:
+        return "batch response has no results list"
+    if len(results) != len(req.expect):
+        return f"batch of {len(req.expect)} requests got {len(results)} results"
+    for n, (exp, rec) in enumerate(zip(req.expect, results)):
+        err = check_recommendation(exp, rec, check)
+        if err:
+            return f"batch[{n}]: {err}"
+    return None

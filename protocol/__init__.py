@@ -1,0 +1,16 @@
+"""The paper's evaluation protocol, shared by training, export and serving.
+
+Data loading, the leave-one-out split, the stored sampled negatives and the metrics live here,
+so that ``/eval`` on the server computes exactly what training reports. Imports only numpy.
+"""
+from protocol.data import DataError, SequenceDataset, load_dataset, resolve_data_dir
+from protocol.evaluate import Scorer, evaluate
+from protocol.metrics import KS, metrics_from_ranks, pessimistic_ranks
+from protocol.negatives import Negatives, load_or_create_negatives
+from protocol.split import eval_examples, pad_left, train_sequences
+
+__all__ = [
+    "DataError", "SequenceDataset", "load_dataset", "resolve_data_dir",
+    "Scorer", "evaluate", "KS", "metrics_from_ranks", "pessimistic_ranks",
+    "Negatives", "load_or_create_negatives", "eval_examples", "pad_left", "train_sequences",
+]

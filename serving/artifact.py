@@ -1,0 +1,331 @@
+"""Finding, loading and verifying a serving artifact (see docs/CONTRACTS.md, "Serving artifact").
+
+``resolve_latest(root)`` picks the artifact to serve; ``load_artifact(path)`` reads it and checks it
+end to end: manifest keys, schema version, file checksums, item count and dimensions across the
+manifest, ``items.npy``, ``popularity.npy``, the id map and the ONNX graph's declared inputs/outputs.
+Every failure is an ``ArtifactError`` whose message names the file and the problem, so the server
+can print it as one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+LATEST = "latest"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ArtifactError(Exception):
+    """An artifact that cannot be served. The message names the file and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """Raw item ids <-> internal ids (1..N). Raw ids are kept as they appear in ``id_map.json``."""
+
+    raw_ids: tuple[Any, ...]  # raw_ids[i] is the raw id of internal item i + 1
+    lookup: dict[str, int]  # str(raw id) -> internal id
+
+    def to_internal(self, raw: Any) -> int | None:
+        """Internal id of a raw id (an int or a string; ``5`` and ``"5"`` are the same id), or None."""
+        if isinstance(raw, bool):
+            return None
+        return self.lookup.get(str(raw))
+
+    def to_raw(self, internal: int) -> Any:
+        return self.raw_ids[internal - 1]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact held in memory (the ONNX file is read by the backend)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    encoder_path: Path
+    items: np.ndarray  # (N, D) float32, row i = item id i + 1
+    popularity: np.ndarray  # (P,) int64 internal item ids, most popular first
+    id_map: IdMap | None = None
+    pop_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N+1,) rank by id
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["model"]["version"])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.items.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.items.shape[1])
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        return self.manifest["encoder"]
+
+    @property
+    def max_len(self) -> int:
+        return int(self.encoder["max_len"])
+
+    @property
+    def uses_user(self) -> bool:
+        return bool(self.encoder.get("uses_user", False))
+
+    @property
+    def fixed_length(self) -> bool:
+        return bool(self.encoder.get("fixed_length", False))
+
+    @property
+    def num_users(self) -> int | None:
+        n = (self.manifest.get("dataset") or {}).get("num_users")
+        return int(n) if n is not None else None
+
+    def summary(self) -> dict[str, Any]:
+        """What /model shows about the artifact (no file system details beyond its folder name)."""
+        m = self.manifest
+        return {
+            "name": self.name, "version": self.version, "created_at": m.get("created_at"),
+            "schema_version": m.get("schema_version"), "config": m["model"].get("config"),
+            "encoder": {k: v for k, v in self.encoder.items() if k != "file"},
+            "items": {"count": self.num_items, "dim": self.dim}, "has_id_map": self.id_map is not None,
+            "dataset": m.get("dataset"), "metrics": m.get("metrics"), "packages": m.get("packages"),
+        }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- latest
+
+
+def resolve_latest(root: str | Path) -> Path:
+    """The artifact folder to serve under ``root``.
+
+    ``root`` itself when it holds a manifest; else the folder named by ``root/latest``
+    (``<model-name>/<version>``, written atomically by the exporter); else the newest
+    ``root/<model>/<version>/`` by version name (versions start with a UTC timestamp).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: artifact root does not exist or is not a folder")
+    if (root / MANIFEST).is_file():
+        return root
+    pointer = root / LATEST
+    if pointer.is_file():
+        return _follow_pointer(root, pointer)
+    found = [m.parent for m in root.glob(f"*/*/{MANIFEST}")]
+    if not found:
+        raise ArtifactError(f"{root}: no artifact found (no '{LATEST}' file and no <model>/<version>/{MANIFEST})")
+    return max(found, key=lambda p: (p.name, p.stat().st_mtime))
+
+
+def _follow_pointer(root: Path, pointer: Path) -> Path:
+    text = pointer.read_text(encoding="utf-8").strip()
+    parts = text.split("/")
+    if len(parts) != 2 or not all(_SAFE_NAME.match(p) for p in parts):
+        raise ArtifactError(f"{pointer}: expected '<model-name>/<version>', found {text[:80]!r}")
+    target = root / parts[0] / parts[1]
+    if not target.is_dir():
+        raise ArtifactError(f"{pointer}: points to {target}, which does not exist")
+    return target
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+def load_artifact(path: str | Path, verify_checksums: bool = True) -> Artifact:
+    """Read and verify the artifact in ``path``. Raises ``ArtifactError`` naming the file and problem."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: artifact folder does not exist")
+    manifest = _read_manifest(path / MANIFEST)
+    files = _file_names(path, manifest)
+    if verify_checksums:
+        _verify_checksums(path, manifest, files)
+    items = _load_items(path / files["items"], manifest)
+    n = items.shape[0]
+    _check_manifest_counts(path / MANIFEST, manifest, items)
+    _check_onnx(path / files["encoder"], manifest, items.shape[1])
+    popularity = _load_popularity(path / files["popularity"], n)
+    id_map = _load_id_map(path / files["id_map"], n) if "id_map" in files else None
+    pop_rank = np.full(n + 1, n + 1, dtype=np.int64)
+    pop_rank[popularity] = np.arange(len(popularity))  # popularity holds every item once
+    return Artifact(path=path, manifest=manifest, encoder_path=path / files["encoder"], items=items,
+                    popularity=popularity, id_map=id_map, pop_rank=pop_rank)
+
+
+def _read_manifest(mpath: Path) -> dict[str, Any]:
+    if not mpath.is_file():
+        raise ArtifactError(f"{mpath}: missing file")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{mpath}: expected a JSON object")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArtifactError(f"{mpath}: missing or non-integer 'schema_version'")
+    if version > SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{mpath}: schema_version {version} is newer than this server supports ({SCHEMA_VERSION}); upgrade serving"
+        )
+    for key in ("model.name", "model.version", "encoder.file", "encoder.max_len", "encoder.output_name",
+                "encoder.input_names", "items.file", "items.count", "popularity.file", "files"):
+        _require(manifest, key, mpath)
+    return manifest
+
+
+def _require(manifest: dict[str, Any], dotted: str, mpath: Path) -> Any:
+    node: Any = manifest
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node or node[part] is None:
+            raise ArtifactError(f"{mpath}: missing key '{dotted}'")
+        node = node[part]
+    return node
+
+
+def _file_names(path: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """The artifact's own file names, checked to be plain names inside the folder."""
+    mpath = path / MANIFEST
+    names = {"encoder": manifest["encoder"]["file"], "items": manifest["items"]["file"],
+             "popularity": manifest["popularity"]["file"]}
+    id_map = manifest.get("id_map")
+    if isinstance(id_map, dict) and id_map.get("file"):
+        names["id_map"] = id_map["file"]
+    elif isinstance(id_map, str):
+        names["id_map"] = id_map
+    elif (path / "id_map.json").is_file():
+        names["id_map"] = "id_map.json"
+    for role, name in names.items():
+        if not isinstance(name, str) or not _SAFE_NAME.match(name):
+            raise ArtifactError(f"{mpath}: {role} file name {name!r} is not a plain file name")
+        if not (path / name).is_file():
+            raise ArtifactError(f"{path / name}: missing file")
+    return names
+
+
+def _verify_checksums(path: Path, manifest: dict[str, Any], names: dict[str, str]) -> None:
+    sums = manifest["files"]
+    mpath = path / MANIFEST
+    if not isinstance(sums, dict):
+        raise ArtifactError(f"{mpath}: 'files' must map file names to sha256 checksums")
+    for role in ("encoder", "items", "popularity"):
+        if names[role] not in sums:
+            raise ArtifactError(f"{mpath}: no checksum for {names[role]} in 'files'")
+    for name, expected in sums.items():
+        if not isinstance(name, str) or not _SAFE_NAME.match(name):
+            raise ArtifactError(f"{mpath}: file name {name!r} in 'files' is not a plain file name")
+        fpath = path / name
+        if not fpath.is_file():
+            raise ArtifactError(f"{fpath}: missing file")
+        actual = sha256_file(fpath)
+        if actual != str(expected).lower():
+            raise ArtifactError(f"{fpath}: checksum mismatch (sha256 {actual[:12]}..., manifest says {str(expected)[:12]}...)")
+
+
+def _load_npy(fpath: Path) -> np.ndarray:
+    try:
+        return np.load(fpath, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ArtifactError(f"{fpath}: not a readable .npy array ({e})") from None
+
+
+def _load_items(fpath: Path, manifest: dict[str, Any]) -> np.ndarray:
+    items = _load_npy(fpath)
+    if items.ndim != 2 or items.shape[0] < 1 or items.shape[1] < 1:
+        raise ArtifactError(f"{fpath}: expected a 2-D (items, dim) array, found shape {items.shape}")
+    if items.dtype != np.float32:
+        raise ArtifactError(f"{fpath}: expected float32, found {items.dtype}")
+    if not np.isfinite(items).all():
+        raise ArtifactError(f"{fpath}: contains NaN or infinite values")
+    return np.ascontiguousarray(items)
+
+
+def _check_manifest_counts(mpath: Path, manifest: dict[str, Any], items: np.ndarray) -> None:
+    n, d = items.shape
+    count = manifest["items"]["count"]
+    if count != n:
+        raise ArtifactError(f"{mpath}: item-count mismatch: manifest items.count={count}, items.npy has {n} rows")
+    ds_items = (manifest.get("dataset") or {}).get("num_items")
+    if ds_items is not None and ds_items != n:
+        raise ArtifactError(f"{mpath}: item-count mismatch: dataset.num_items={ds_items}, items.npy has {n} rows")
+    for key in ("items", "encoder"):
+        dim = manifest[key].get("dim")
+        if dim is not None and dim != d:
+            raise ArtifactError(f"{mpath}: dimension mismatch: {key}.dim={dim}, items.npy has {d} columns")
+    if manifest["encoder"]["max_len"] < 1:
+        raise ArtifactError(f"{mpath}: encoder.max_len must be at least 1")
+
+
+def _check_onnx(fpath: Path, manifest: dict[str, Any], dim: int) -> None:
+    """Declared graph inputs/outputs against the manifest (static check; warm-up checks the real shape)."""
+    try:
+        import onnx
+    except ImportError:  # the graph is still checked at warm-up
+        return
+    try:
+        model = onnx.load(str(fpath), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and friends
+        raise ArtifactError(f"{fpath}: not a readable ONNX model ({type(e).__name__})") from None
+    enc = manifest["encoder"]
+    inputs = [i.name for i in model.graph.input]
+    want = ["history"] + (["user"] if enc.get("uses_user") else [])
+    declared = list(enc["input_names"])
+    if sorted(declared) != sorted(want) or sorted(inputs) != sorted(want):
+        raise ArtifactError(f"{fpath}: graph inputs {inputs}, manifest says {declared}, expected {want}")
+    outputs = {o.name: o for o in model.graph.output}
+    if enc["output_name"] not in outputs:
+        raise ArtifactError(f"{fpath}: no output named {enc['output_name']!r} (outputs: {list(outputs)})")
+    dims = outputs[enc["output_name"]].type.tensor_type.shape.dim
+    if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value != dim:
+        raise ArtifactError(f"{fpath}: ONNX output dim {dims[1].dim_value} does not match items.npy dim {dim}")
+
+
+def _load_popularity(fpath: Path, n: int) -> np.ndarray:
+    pop = _load_npy(fpath)
+    if pop.ndim != 1 or not np.issubdtype(pop.dtype, np.integer):
+        raise ArtifactError(f"{fpath}: expected a 1-D integer array of item ids, found {pop.dtype} {pop.shape}")
+    pop = pop.astype(np.int64)
+    if len(pop) and (pop.min() < 1 or pop.max() > n):
+        raise ArtifactError(f"{fpath}: item ids must lie in 1..{n}, found {pop.min()}..{pop.max()}")
+    # Items never seen in training follow, in id order, so every item can be ranked.
+    rest = np.setdiff1d(np.arange(1, n + 1, dtype=np.int64), pop, assume_unique=False)
+    _, first = np.unique(pop, return_index=True)
+    return np.concatenate([pop[np.sort(first)], rest])
+
+
+def _load_id_map(fpath: Path, n: int) -> IdMap:
+    try:
+        data = json.loads(fpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{fpath}: not valid JSON ({e})") from None
+    raw = data.get("item_ids") if isinstance(data, dict) else None
+    if not isinstance(raw, list):
+        raise ArtifactError(f"{fpath}: expected {{\"item_ids\": [...]}}")
+    if len(raw) != n:
+        raise ArtifactError(f"{fpath}: item-count mismatch: {len(raw)} ids, items.npy has {n} rows")
+    if any(isinstance(r, bool) or not isinstance(r, (int, str)) for r in raw):
+        raise ArtifactError(f"{fpath}: raw item ids must be strings or integers")
+    lookup = {str(r): i + 1 for i, r in enumerate(raw)}
+    if len(lookup) != n:
+        raise ArtifactError(f"{fpath}: raw item ids are not unique")
+    return IdMap(raw_ids=tuple(raw), lookup=lookup)

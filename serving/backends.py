@@ -1,0 +1,334 @@
+"""Inference backends behind one small interface: ``encode`` (ONNX Runtime) and ``search`` / ``score``.
+
+- CPU: ORT ``CPUExecutionProvider`` with a small intra-op thread count + FAISS ``IndexFlatIP``.
+- CUDA: ORT ``CUDAExecutionProvider`` (checked with ``session.get_providers()``, never assumed) +
+  a FAISS GPU flat index (k capped at 2048; larger fetches fall back to an exact matmul).
+- CUDA without faiss-gpu: torch on CUDA for search (exact top-k by matmul). torch is imported lazily
+  in that backend only; the CPU path never imports it.
+- ``NumpySearcher``: exact top-k in numpy, the reference every backend must agree with.
+
+All searchers return internal item ids (1..N, row i of the item table is id i + 1).
+Only the batching worker thread calls a backend once it is serving (FAISS GPU indexes are not
+thread-safe); warm-up runs before the backend is handed to the worker.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from serving.artifact import Artifact, ArtifactError
+
+log = logging.getLogger("serving.backends")
+FAISS_GPU_K_CAP = 2048
+
+
+# --------------------------------------------------------------------------------------------- encoder
+
+
+class OrtEncoder:
+    """The artifact's ONNX encoder in an ONNX Runtime session: (B, L) histories [+ users] -> (B, D)."""
+
+    def __init__(self, artifact: Artifact, use_cuda: bool, threads: int) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if use_cuda:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(artifact.encoder_path), sess_options=opts, providers=providers)
+        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise ArtifactError(f"{artifact.encoder_path}: ONNX Runtime cannot load it ({_short(e)})") from None
+        self.providers: list[str] = list(self.session.get_providers())
+        self.on_cuda = self.providers[0] == "CUDAExecutionProvider"
+        self.version = ort.__version__
+        self.uses_user = artifact.uses_user
+        self.output_name = artifact.encoder["output_name"]
+        self.dim = artifact.dim
+        self.path = artifact.encoder_path
+
+    def encode(self, history: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """(B, L) int64 left-padded histories and (B,) int64 model user ids (0 = anonymous) -> (B, D)."""
+        feeds = {"history": np.ascontiguousarray(history, dtype=np.int64)}
+        if self.uses_user:
+            feeds["user"] = np.ascontiguousarray(users, dtype=np.int64)
+        (out,) = self.session.run([self.output_name], feeds)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def check_output(self, history: np.ndarray, users: np.ndarray) -> None:
+        """Run once and check the real output shape against the item table (warm-up)."""
+        try:
+            out = self.encode(history, users)
+        except Exception as e:
+            raise ArtifactError(f"{self.path}: encoder failed on a ({history.shape[0]}, {history.shape[1]}) "
+                                f"batch ({_short(e)})") from None
+        if out.shape != (history.shape[0], self.dim):
+            raise ArtifactError(f"{self.path}: ONNX output shape {tuple(out.shape)} does not match "
+                                f"({history.shape[0]}, {self.dim}) (batch, items.npy dim)")
+        if not np.isfinite(out).all():
+            raise ArtifactError(f"{self.path}: encoder produced NaN or infinite values during warm-up")
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "onnxruntime", "version": self.version, "providers": self.providers}
+
+
+def _short(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+# ------------------------------------------------------------------------------------------- searchers
+
+
+class Searcher(Protocol):
+    """Top-k by inner product over the item table."""
+
+    index_type: str
+    device: str
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B, D) float32 queries -> (scores (B, k) float32, internal ids (B, k) int64), best first."""
+        ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def exact_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of (B, N) scores by value, ties broken by the smaller id. Returns (scores, internal ids)."""
+    n = scores.shape[1]
+    k = min(k, n)
+    if k < n:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(n), scores.shape).copy()
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1) if vals.size else np.zeros_like(part)
+    idx = np.take_along_axis(part, order, axis=1)
+    return np.take_along_axis(scores, idx, axis=1).astype(np.float32), (idx + 1).astype(np.int64)
+
+
+class NumpySearcher:
+    """Exact top-k by a float32 matmul in numpy (reference, and the CPU fallback without FAISS)."""
+
+    index_type = "exact-matmul"
+    device = "cpu"
+
+    def __init__(self, items: np.ndarray) -> None:
+        self.items = items
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return exact_topk(queries @ self.items.T, k)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.index_type, "library": "numpy", "device": self.device, "ntotal": len(self.items)}
+
+
+class FaissCpuSearcher:
+    """FAISS ``IndexFlatIP`` (exact inner product) on the CPU."""
+
+    index_type = "IndexFlatIP"
+    device = "cpu"
+
+    def __init__(self, items: np.ndarray, threads: int) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+        self.index = faiss.IndexFlatIP(items.shape[1])
+        self.index.add(items)
+        self.version = faiss.__version__
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.index.ntotal)
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, rows.astype(np.int64) + 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.index_type, "library": f"faiss {self.version}", "device": self.device,
+                "ntotal": int(self.index.ntotal)}
+
+
+class FaissGpuSearcher:
+    """A FAISS flat inner-product index on GPU 0. k above 2048 falls back to an exact CPU matmul."""
+
+    index_type = "GpuIndexFlatIP"
+    device = "cuda"
+
+    def __init__(self, items: np.ndarray) -> None:
+        import faiss
+
+        self.resources = faiss.StandardGpuResources()
+        cpu = faiss.IndexFlatIP(items.shape[1])
+        cpu.add(items)
+        self.index = faiss.index_cpu_to_gpu(self.resources, 0, cpu)
+        self.fallback = NumpySearcher(items)
+        self.version = faiss.__version__
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.index.ntotal)
+        if k > FAISS_GPU_K_CAP:
+            return self.fallback.search(queries, k)
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, rows.astype(np.int64) + 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.index_type, "library": f"faiss {self.version}", "device": self.device,
+                "ntotal": int(self.index.ntotal), "k_cap": FAISS_GPU_K_CAP}
+
+
+class TorchCudaSearcher:
+    """Exact top-k by a matmul on CUDA with torch (for GPU machines without faiss-gpu)."""
+
+    index_type = "exact-matmul"
+    device = "cuda"
+
+    def __init__(self, items: np.ndarray) -> None:
+        import torch  # lazily: only this backend needs torch
+
+        self.torch = torch
+        self.items = torch.from_numpy(items).to("cuda")
+        self.version = torch.__version__
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        k = min(k, self.items.shape[0])
+        with torch.inference_mode():
+            q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to("cuda")
+            vals, idx = torch.topk(q @ self.items.T, k, dim=1)
+        return vals.cpu().numpy(), idx.cpu().numpy().astype(np.int64) + 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.index_type, "library": f"torch {self.version}", "device": self.device,
+                "ntotal": int(self.items.shape[0])}
+
+
+# ------------------------------------------------------------------------------------------- backend
+
+
+@dataclass
+class Backend:
+    """One encoder plus one searcher over the same item table."""
+
+    name: str
+    encoder: OrtEncoder
+    searcher: Searcher
+    items: np.ndarray  # (N, D) float32 host copy, for candidate scoring and full-catalogue scores
+
+    def encode(self, history: np.ndarray, users: np.ndarray) -> np.ndarray:
+        return self.encoder.encode(history, users)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.searcher.search(queries, k)
+
+    def score(self, query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Scores of one (D,) query for (C,) internal candidate ids: dot products with those rows."""
+        return self.items[candidates - 1] @ query
+
+    def score_batch(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(B, D) queries, (B, C) internal ids -> (B, C) scores."""
+        return np.einsum("bd,bcd->bc", queries, self.items[candidates - 1])
+
+    def score_all(self, queries: np.ndarray) -> np.ndarray:
+        """(B, D) queries -> (B, N) scores over the whole item table."""
+        return queries @ self.items.T
+
+    def warmup(self, batch_sizes: list[int], max_len: int) -> None:
+        """Run every batch shape once through encode and search; checks the encoder's real output."""
+        for b in sorted(set(batch_sizes)):
+            hist = np.zeros((b, max_len), dtype=np.int64)
+            hist[:, -1] = 1 + (np.arange(b) % len(self.items))
+            users = np.zeros(b, dtype=np.int64)
+            self.encoder.check_output(hist, users)
+            q = self.encode(hist, users)
+            self.search(q, min(10, len(self.items)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": self.searcher.device, "encoder": self.encoder.describe(),
+                "index": self.searcher.describe()}
+
+
+def cuda_status() -> dict[str, bool]:
+    """What the installed wheels can do on CUDA. torch is imported only when a CUDA driver is present."""
+    import onnxruntime as ort
+
+    out = {"ort_cuda": "CUDAExecutionProvider" in ort.get_available_providers(), "faiss_gpu": False,
+           "torch_cuda": False}
+    try:
+        import faiss
+
+        out["faiss_gpu"] = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # faiss missing or a broken GPU runtime
+        pass
+    if not out["faiss_gpu"] and _cuda_driver_present():
+        out["torch_cuda"] = _torch_cuda_available()
+    return out
+
+
+def _cuda_driver_present() -> bool:
+    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+
+
+def _torch_cuda_available() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch  # lazily: only on a machine with a CUDA driver
+
+    return bool(torch.cuda.is_available())
+
+
+def create_backend(artifact: Artifact, device: str = "auto", threads: int = 1) -> Backend:
+    """Pick and build the backend for ``device`` (auto | cpu | cuda).
+
+    auto and cuda prefer ORT CUDA + FAISS GPU, then torch on CUDA for search; auto falls back to the
+    CPU backend when nothing runs on CUDA, cuda raises RuntimeError instead.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if device == "cpu":
+        return _cpu_backend(artifact, threads)
+    status = cuda_status()
+    if not any(status.values()):
+        return _no_cuda(artifact, device, threads, "no CUDA-capable onnxruntime, faiss or torch found")
+    encoder = OrtEncoder(artifact, use_cuda=status["ort_cuda"], threads=threads)
+    if status["faiss_gpu"]:
+        searcher: Searcher = FaissGpuSearcher(artifact.items)
+    elif status["torch_cuda"]:
+        searcher = TorchCudaSearcher(artifact.items)
+    else:
+        searcher = _cpu_searcher(artifact.items, threads)
+    if not encoder.on_cuda and searcher.device != "cuda":
+        return _no_cuda(artifact, device, threads, f"ONNX Runtime providers in use: {encoder.providers}")
+    if status["ort_cuda"] and not encoder.on_cuda:
+        log.warning("CUDAExecutionProvider is installed but not active (%s); encoder on CPU", encoder.providers)
+    name = f"{'ort-cuda' if encoder.on_cuda else 'ort-cpu'}+{searcher.describe()['library'].split()[0]}-{searcher.device}"
+    return Backend(name=name, encoder=encoder, searcher=searcher, items=artifact.items)
+
+
+def _no_cuda(artifact: Artifact, device: str, threads: int, why: str) -> Backend:
+    if device == "cuda":
+        raise RuntimeError(f"device=cuda but nothing runs on CUDA here ({why}); use --device cpu or auto")
+    return _cpu_backend(artifact, threads)
+
+
+def _cpu_searcher(items: np.ndarray, threads: int) -> Searcher:
+    try:
+        return FaissCpuSearcher(items, threads)
+    except ImportError:
+        log.warning("faiss is not installed; using exact numpy search")
+        return NumpySearcher(items)
+
+
+def _cpu_backend(artifact: Artifact, threads: int) -> Backend:
+    encoder = OrtEncoder(artifact, use_cuda=False, threads=threads)
+    searcher = _cpu_searcher(artifact.items, threads)
+    return Backend(name=f"ort-cpu+{searcher.describe()['library'].split()[0]}-cpu", encoder=encoder,
+                   searcher=searcher, items=artifact.items)

@@ -1,0 +1,72 @@
+"""Server settings: one ``Settings`` object, read from the environment (prefix ``SSI_``) and the CLI.
+
+Environment variables use the ``SSI_`` prefix (``SSI_PORT=8001``, ``SSI_API_KEY=...``); the data folder
+for ``/eval`` is ``SSI_DATA_DIR``, the variable the protocol itself reads. On the command line
+(``python -m serving --help``) the same fields are kebab-case flags (``--max-batch-size 64``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_K_LIMIT = 1000  # hard ceiling for max_k (FAISS GPU caps k at 2048, and over-fetch needs room)
+
+
+def _default_data_dir() -> Path:
+    env = os.environ.get("SSI_DATA_DIR")
+    return Path(env) if env else Path("data")
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told. Defaults suit one uvicorn worker on a small CPU box."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SSI_", extra="ignore", cli_kebab_case=True, cli_prog_name="python -m serving",
+        cli_implicit_flags=True, validate_default=True,
+    )
+
+    # Artifact
+    artifact_root: Path = Field(Path("artifacts/serving"), description="folder holding <model>/<version>/ artifacts")
+    artifact_path: Path | None = Field(
+        None, description="serve this artifact folder instead of the latest under artifact_root"
+    )
+    # Network
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    # Compute
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when usable")
+    ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads (and FAISS/OMP threads)")
+    # Dynamic batching (Triton semantics)
+    max_batch_size: int = Field(32, ge=1, le=1024, description="largest batch the worker executes")
+    max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0, description="longest wait of the oldest request")
+    max_queue_size: int = Field(1024, ge=1, description="queued requests beyond this get 503 + Retry-After")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request waiting longer gets 504")
+    # Limits
+    max_k: int = Field(100, ge=1, le=MAX_K_LIMIT, description="largest k a request may ask for")
+    max_history_len: int = Field(10_000, ge=1, description="longest history accepted (longer: 422)")
+    max_candidates: int = Field(10_000, ge=1, description="most candidates a request may list")
+    max_batch_requests: int = Field(256, ge=1, description="most requests in one /recommend/batch call")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (larger: 413)")
+    # Operations
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    api_key: SecretStr | None = Field(None, description="when set, /admin/* and /eval need header X-API-Key")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="dataset folder for /eval")
+    eval_chunk_users: int = Field(0, ge=0, description="users per worker job in /eval (0 = max_batch_size)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.api_key is not None and not self.api_key.get_secret_value():
+            self.api_key = None  # SSI_API_KEY= (empty) means no key
+        return self
+
+    @property
+    def max_queue_delay_s(self) -> float:
+        return self.max_queue_delay_ms / 1000.0
+
+    @property
+    def eval_chunk(self) -> int:
+        return self.eval_chunk_users or self.max_batch_size

@@ -1,0 +1,1 @@
+"""Offline training: teachers, students (with self-supervised imitation), baselines, run_all."""

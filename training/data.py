@@ -1,0 +1,167 @@
+"""Data command line: download the paper's files, convert your own logs, describe a dataset.
+
+    python -m training.data download beauty [--data-dir DIR]
+    python -m training.data convert interactions.csv --name mylog [--user-col ...] [--item-core 5]
+    python -m training.data info beauty
+
+``convert`` applies the paper's preprocessing (S3-Rec / SSI): interactions sorted by timestamp per
+user, users with at least 5 interactions kept (optionally an iterative item k-core first), items
+re-numbered 1..N in order of first appearance; it writes ``NAME.txt`` plus ``NAME_id_map.json``
+(``{"item_ids": [raw id of item 1, ...], "user_ids": [...]}``) so that served recommendations map
+back to your own ids.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from protocol.data import DATASET_FILES, DOWNLOAD_URL, SHA256, DataError, load_dataset, resolve_data_dir
+from training.io import atomic_write_json, atomic_write_text
+
+
+def download(name: str, data_dir: Path, url: str | None = None) -> Path:
+    """Fetch a paper dataset and verify its sha256; the file is only moved into place when it matches."""
+    file = DATASET_FILES.get(name.lower())
+    if file is None:
+        raise DataError(f"no public download for {name!r}; known: {', '.join(DATASET_FILES)}")
+    url = url or DOWNLOAD_URL.format(file=file)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target, tmp = data_dir / file, data_dir / f".{file}.part"
+    print(f"downloading {url} -> {target}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
+            h = hashlib.sha256()
+            while block := resp.read(1 << 20):
+                h.update(block)
+                out.write(block)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"download of {url} failed: {e}") from None
+    expected = SHA256.get(file)
+    if expected and h.hexdigest() != expected:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{url}: sha256 {h.hexdigest()} does not match the expected {expected}; file discarded")
+    tmp.replace(target)
+    print(f"ok: {target} (sha256 {h.hexdigest()})")
+    return target
+
+
+def _read_rows(path: Path, user_col: str, item_col: str, time_col: str):
+    """Yield (user, item, timestamp, line) from CSV/TSV or JSON lines; errors name the line."""
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    yield str(row[user_col]), str(row[item_col]), float(row[time_col]), lineno
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                    raise DataError(f"{path}:{lineno}: cannot read user/item/timestamp ({type(e).__name__}: {e})") from None
+        return
+    with open(path, encoding="utf-8", newline="") as fh:
+        sample = fh.read(4096)
+        fh.seek(0)
+        dialect = csv.Sniffer().sniff(sample, delimiters=",\t;") if sample else csv.excel
+        reader = csv.DictReader(fh, dialect=dialect)
+        missing = [c for c in (user_col, item_col, time_col) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}:1: missing column(s) {missing}; header is {reader.fieldnames}")
+        for lineno, row in enumerate(reader, start=2):
+            try:
+                yield row[user_col], row[item_col], float(row[time_col]), lineno
+            except (TypeError, ValueError):
+                raise DataError(f"{path}:{lineno}: timestamp {row.get(time_col)!r} is not a number") from None
+
+
+def _item_core(events: dict[str, list[tuple[float, str]]], k: int) -> None:
+    """Iteratively drop items (and then users) with fewer than k interactions, in place."""
+    while True:
+        counts = Counter(i for seq in events.values() for _, i in seq)
+        rare = {i for i, c in counts.items() if c < k}
+        if not rare:
+            return
+        for u in list(events):
+            events[u] = [(t, i) for t, i in events[u] if i not in rare]
+            if len(events[u]) < k:
+                del events[u]
+
+
+def convert(path: Path, name: str, data_dir: Path, user_col: str = "user", item_col: str = "item",
+            time_col: str = "timestamp", min_user: int = 5, item_core: int = 0) -> Path:
+    """Raw interactions -> ``NAME.txt`` (+ id map). Returns the written path."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    events: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for user, item, ts, _ in _read_rows(path, user_col, item_col, time_col):
+        events[user].append((ts, item))
+    if not events:
+        raise DataError(f"{path}: no interactions (empty file?)")
+    if item_core > 1:
+        _item_core(events, item_core)
+    users = [u for u in events if len(events[u]) >= min_user]
+    if not users:
+        raise DataError(f"{path}: no user has at least {min_user} interactions")
+    item_id: dict[str, int] = {}
+    lines = []
+    for new_u, u in enumerate(users, start=1):
+        seq = [i for _, i in sorted(events[u], key=lambda e: e[0])]  # stable: ties keep file order
+        ids = [item_id.setdefault(i, len(item_id) + 1) for i in seq]
+        lines.append(f"{new_u} " + " ".join(map(str, ids)))
+    out = data_dir / f"{name}.txt"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    atomic_write_json(data_dir / f"{name}_id_map.json", {"item_ids": list(item_id), "user_ids": users})
+    print(f"wrote {out}: {len(users)} users, {len(item_id)} items, {sum(len(events[u]) for u in users)} interactions "
+          f"(dropped {len(events) - len(users)} users with < {min_user})")
+    return out
+
+
+def info(name: str, data_dir: Path) -> None:
+    ds = load_dataset(name, data_dir)
+    lens = [len(s) for s in ds.sequences]
+    print(json.dumps({"name": ds.name, "path": str(ds.path), "sha256": ds.sha256, "users": ds.num_users,
+                      "items": ds.num_items, "actions": ds.num_actions, "max_len": max(lens),
+                      "mean_len": round(sum(lens) / len(lens), 2), "skipped_short_users": ds.skipped_short}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=None, help="data folder (default: $SSI_DATA_DIR, else ./data)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("download", help="download a paper dataset and verify its sha256")
+    d.add_argument("name", choices=sorted(DATASET_FILES))
+    d.add_argument("--url", default=None, help="override the source URL (a mirror)")
+    c = sub.add_parser("convert", help="convert raw interactions (CSV/TSV/JSONL) to the sequence format")
+    c.add_argument("path", type=Path)
+    c.add_argument("--name", required=True, help="dataset name (writes NAME.txt and NAME_id_map.json)")
+    c.add_argument("--user-col", default="user")
+    c.add_argument("--item-col", default="item")
+    c.add_argument("--time-col", default="timestamp")
+    c.add_argument("--min-user", type=int, default=5, help="keep users with at least this many interactions")
+    c.add_argument("--item-core", type=int, default=0, help="iterative item k-core before the user filter (0: off)")
+    i = sub.add_parser("info", help="describe a dataset")
+    i.add_argument("name")
+    a = p.parse_args(argv)
+    data_dir = resolve_data_dir(a.data_dir)
+    try:
+        if a.cmd == "download":
+            download(a.name, data_dir, a.url)
+        elif a.cmd == "convert":
+            convert(a.path, a.name, data_dir, a.user_col, a.item_col, a.time_col, a.min_user, a.item_core)
+        else:
+            info(a.name, data_dir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Run directories: what a finished training run leaves behind, and how to load its model back.
+
+Layout (see docs/CONTRACTS.md): ``run.json``, ``model_config.json``, ``model.safetensors`` (best),
+``checkpoint.pt`` (last epoch, for resume), ``history.csv``/``history.json``, ``metrics.json`` (finished).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from models import MODELS
+from training.io import atomic_write_json, read_json
+
+
+class RunError(Exception):
+    """A run directory that cannot be used; the message names the path."""
+
+
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    return (Path(run_dir) / "metrics.json").is_file()
+
+
+def save_best(model: nn.Module, run_dir: Path) -> None:
+    """Write ``model.safetensors`` atomically (config is written once, in ``model_config.json``)."""
+    tmp = run_dir / f".model.safetensors.tmp{os.getpid()}"
+    save_model(model, str(tmp))
+    os.replace(tmp, run_dir / "model.safetensors")
+
+
+def write_model_config(model: nn.Module, run_dir: Path) -> None:
+    cfg = model.config
+    atomic_write_json(run_dir / "model_config.json", {"model": model.model_name, "config": dataclasses.asdict(cfg)})
+
+
+def build_model(name: str, config: dict[str, Any]) -> nn.Module:
+    if name not in MODELS:
+        raise RunError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    cls = MODELS[name]
+    return cls(cls.config_class(**config))
+
+
+def load_run_model(run_dir: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a run's best model from ``model_config.json`` + ``model.safetensors`` (no pickle)."""
+    run_dir = Path(run_dir)
+    cfg_path, weights = run_dir / "model_config.json", run_dir / "model.safetensors"
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise RunError(f"{p}: missing; is {run_dir} a finished training run?")
+    spec = read_json(cfg_path)
+    model = build_model(spec["model"], spec["config"])
+    load_model(model, str(weights), device=map_location)
+    model.eval()
+    info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    if (run_dir / "metrics.json").is_file():
+        info["metrics"] = read_json(run_dir / "metrics.json")
+    return model, info
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
