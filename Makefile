@@ -14,7 +14,7 @@ DATASET ?= lastfm
 PRESET ?= smoke
 PORT ?= 8000
 
-.PHONY: help venv run train export serve test test-fast bench loadtest lint clean
+.PHONY: help venv data run train serve test bench loadtest lint clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -28,8 +28,11 @@ $(VENV)/.installed-$(EXTRA): pyproject.toml constraints-cpu.txt
 
 venv: $(VENV)/.installed-$(EXTRA)  ## create .venv and install (cpu or gpu extra, chosen automatically)
 
-train: venv  ## quick training of the distilled student on DATASET with PRESET
-	$(PY) training/run_all.py --preset $(PRESET) --datasets $(DATASET) --out artifacts/runs-$(PRESET)
+data: venv  ## make sure DATASET is in SSI_DATA_DIR (downloads the public file, checksum-verified, if missing)
+	@$(PY) -m training.data info $(DATASET) >/dev/null 2>&1 || $(PY) -m training.data download $(DATASET)
+
+train: data  ## run_all on DATASET with PRESET (default: smoke on lastfm), then export the best SSI student
+	$(PY) training/run_all.py --preset $(PRESET) --datasets $(DATASET) --out artifacts/runs-$(PRESET) --export-out artifacts/serving
 
 serve: venv  ## start the server on the latest artifact
 	$(PY) -m serving --port $(PORT)

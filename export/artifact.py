@@ -1,0 +1,240 @@
+"""Writing a serving artifact from a finished training run (layout: docs/CONTRACTS.md, "Serving artifact").
+
+``build_artifact(run_dir)`` exports the encoder (``export.onnx_export``), writes the item table with the
+bias folded in, the MostPop ranking of the training part, the id map when the data came from the
+converter, and ``manifest.json`` with the sha256 of every file. Everything goes into a hidden temporary
+folder beside the target, which is renamed into ``<root>/<model>/<version>/`` only when complete; the
+``<root>/latest`` pointer is replaced atomically last. The reader is ``serving.artifact``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import secrets
+import shutil
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.onnx_export import EXPORTERS, EncoderInfo, ExportError, export_encoder
+from protocol import DataError, SequenceDataset, load_dataset
+from protocol.data import sha256_file
+from serving.artifact import LATEST, MANIFEST, SCHEMA_VERSION
+from training.mostpop import popularity_ranking
+
+DEFAULT_ROOT = Path("artifacts/serving")
+ENCODER_FILE, ITEMS_FILE, POPULARITY_FILE, ID_MAP_FILE = "encoder.onnx", "items.npy", "popularity.npy", "id_map.json"
+PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "safetensors")
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``run.json`` of a finished run with its ``metrics.json`` under ``"metrics"``; ExportError otherwise."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: run folder does not exist")
+    for name in ("run.json", "metrics.json", "model.safetensors"):
+        if not (run_dir / name).is_file():
+            raise ExportError(f"{run_dir / name}: missing; is {run_dir} a finished training run?")
+    info = _read_json(run_dir / "run.json")
+    info["metrics"] = _read_json(run_dir / "metrics.json")
+    for key in ("model", "dataset", "data_sha256"):
+        if key not in info:
+            raise ExportError(f"{run_dir / 'run.json'}: missing key {key!r}")
+    return info
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: cannot read JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_model(run_dir: str | os.PathLike) -> nn.Module:
+    """The run's best model, rebuilt from the registry and its safetensors (no pickle)."""
+    from training.runs import RunError, load_run_model
+
+    try:
+        model, _ = load_run_model(run_dir)
+    except (RunError, KeyError, OSError, RuntimeError) as e:
+        raise ExportError(f"{run_dir}: cannot load the model ({e})") from None
+    return model.eval()
+
+
+def load_run_dataset(info: dict[str, Any], data: str | os.PathLike | None = None) -> SequenceDataset:
+    """The run's dataset (``data``: a folder or a ``.txt`` file), checked against the run's sha256."""
+    try:
+        if data is not None and Path(data).suffix == ".txt":
+            ds = load_dataset(str(data))
+        else:
+            ds = load_dataset(info["dataset"], data)
+    except DataError as e:
+        raise ExportError(str(e)) from None
+    if ds.sha256 != info["data_sha256"]:
+        raise ExportError(f"{ds.path}: sha256 {ds.sha256[:12]}... differs from the run's data "
+                          f"({str(info['data_sha256'])[:12]}...); point --data at the file the run was trained on")
+    return ds
+
+
+def max_len_of(model: nn.Module, info: dict[str, Any]) -> int:
+    """History length the encoder serves: the model config's ``max_len``, else the run's training one."""
+    cfg_len = getattr(getattr(model, "config", None), "max_len", None)
+    return int(cfg_len or (info.get("train_config") or {}).get("max_len") or 50)
+
+
+def model_config(model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(info.get("model_config") or {})
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def item_table(model: nn.Module, num_items: int, where: Path) -> np.ndarray:
+    """(N, D') float32 ``item_vectors()``; row i = item id i + 1. Checks N against the dataset."""
+    with torch.no_grad():
+        items = model.item_vectors().detach().float().cpu().numpy()
+    if items.ndim != 2 or items.shape[0] != num_items:
+        raise ExportError(f"{where}: item_vectors() has shape {items.shape}, the dataset has {num_items} items")
+    if not np.isfinite(items).all():
+        raise ExportError(f"{where}: item_vectors() contains NaN or infinite values")
+    return np.ascontiguousarray(items, dtype=np.float32)
+
+
+def find_id_map(ds: SequenceDataset) -> Path | None:
+    """``NAME_id_map.json`` beside ``NAME.txt``, as written by ``python -m training.data convert``."""
+    path = ds.path.with_name(f"{ds.path.stem}_id_map.json")
+    return path if path.is_file() else None
+
+
+def _check_id_map(path: Path, num_items: int) -> None:
+    ids = _read_json(path).get("item_ids")
+    if not isinstance(ids, list) or len(ids) != num_items:
+        n = len(ids) if isinstance(ids, list) else "no"
+        raise ExportError(f"{path}: {n} item_ids, the dataset has {num_items} items")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_latest(root: Path, name: str, version: str) -> None:
+    """Point ``root/latest`` at ``<name>/<version>`` (write a temporary file, then ``os.replace``)."""
+    tmp = root / f".{LATEST}.tmp{os.getpid()}"
+    tmp.write_text(f"{name}/{version}\n", encoding="utf-8")
+    _fsync(tmp)
+    os.replace(tmp, root / LATEST)
+    _fsync(root)
+
+
+def new_version(now: datetime) -> str:
+    """``YYYYMMDDTHHMMSSZ-xxxxxx``: sorts by creation time; the random suffix keeps same-second exports apart."""
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+def build_manifest(*, name: str, version: str, config: dict[str, Any], encoder: EncoderInfo, items: np.ndarray,
+                   ds: SequenceDataset, info: dict[str, Any], run_dir: Path, has_id_map: bool,
+                   created: datetime, files: dict[str, str]) -> dict[str, Any]:
+    metrics = info["metrics"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name": name, "version": version, "config": config},
+        "encoder": encoder.manifest(),
+        "items": {"file": ITEMS_FILE, "count": int(items.shape[0]), "dim": int(items.shape[1])},
+        "popularity": {"file": POPULARITY_FILE},
+        "id_map": {"file": ID_MAP_FILE} if has_id_map else None,
+        "dataset": {"name": ds.name, "sha256": ds.sha256,
+                    "negatives_sha256": info.get("negatives_sha256") or metrics.get("negatives_sha256"),
+                    "num_users": ds.num_users, "num_items": ds.num_items},
+        "metrics": {"test": metrics.get("test"), "valid": metrics.get("valid")},
+        "source": {"run_dir": str(run_dir.resolve()), "weights_sha256": sha256_file(run_dir / "model.safetensors"),
+                   "export_max_abs_diff": encoder.max_abs_diff},
+        "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "packages": package_versions(),
+        "files": files,
+    }
+
+
+def _write_files(tmp: Path, model: nn.Module, ds: SequenceDataset, info: dict[str, Any], run_dir: Path,
+                 exporters: tuple[str, ...]) -> tuple[EncoderInfo, np.ndarray, Path | None]:
+    items = item_table(model, ds.num_items, run_dir)
+    fixed = bool(getattr(model, "fixed_length", False))
+    uses_user = bool(getattr(model, "uses_user", False))
+    encoder = export_encoder(model, tmp / ENCODER_FILE, max_len_of(model, info), fixed, uses_user, exporters)
+    if encoder.dim != items.shape[1]:
+        raise ExportError(f"{tmp / ENCODER_FILE}: query dim {encoder.dim} differs from item_vectors() dim "
+                          f"{items.shape[1]}")
+    np.save(tmp / ITEMS_FILE, items)
+    np.save(tmp / POPULARITY_FILE, popularity_ranking(ds))
+    id_map = find_id_map(ds)
+    if id_map is not None:
+        _check_id_map(id_map, ds.num_items)
+        shutil.copyfile(id_map, tmp / ID_MAP_FILE)
+    return encoder, items, id_map
+
+
+def build_artifact(run_dir: str | os.PathLike, out_root: str | os.PathLike = DEFAULT_ROOT, *,
+                   model: nn.Module | None = None, data: str | os.PathLike | None = None,
+                   exporters: tuple[str, ...] = EXPORTERS, update_latest: bool = True) -> Path:
+    """Build ``<out_root>/<model>/<version>/`` from a finished run and return its path.
+
+    ``model`` defaults to the run's best weights (``training.runs.load_run_model``); ``data`` is a data
+    folder or ``.txt`` file (default: ``$SSI_DATA_DIR`` / ``./data``, looked up by the run's dataset name).
+    """
+    run_dir, out_root = Path(run_dir), Path(out_root)
+    info = read_run(run_dir)
+    model = (model if model is not None else load_model(run_dir)).eval()
+    name = str(info["model"])
+    ds = load_run_dataset(info, data)
+    created = datetime.now(timezone.utc)
+    version = new_version(created)
+    final = out_root / name / version
+    tmp = out_root / name / f".tmp-{version}-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    try:
+        encoder, items, id_map = _write_files(tmp, model, ds, info, run_dir, exporters)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        manifest = build_manifest(name=name, version=version, config=model_config(model, info), encoder=encoder,
+                                  items=items, ds=ds, info=info, run_dir=run_dir, has_id_map=id_map is not None,
+                                  created=created, files=files)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        for p in tmp.iterdir():
+            _fsync(p)
+        os.rename(tmp, final)
+        _fsync(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if update_latest:
+        write_latest(out_root, name, version)
+    return final

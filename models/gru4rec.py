@@ -1,0 +1,125 @@
+"""GRU4Rec in its benchmark form (Hidasi et al., ICLR 2016; as configured in RecBole).
+
+    item embedding (0 = padding) -> dropout -> GRU (hidden 128, 1 layer) -> Linear(hidden, d)
+    score(h, j) = out_T . E_j        (tied to the input table, no bias)
+
+The contract's histories are LEFT-padded (most recent item last). A GRU that read the padding first
+would start its real steps from a state that depends on how much padding there is, so ``_right_align``
+rolls each row to right padding with a gather (real items first, padding after); the output is then
+taken at position ``length - 1``. No python loop over time and no ``pack_padded_sequence``, so the
+encoder exports to ONNX with dynamic batch and length (TorchScript exporter, see docs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+@dataclass
+class GRU4RecConfig:
+    num_items: int
+    dim: int = 64  # d: item embedding and output size
+    hidden: int = 128
+    num_layers: int = 1
+    dropout: float = 0.3  # on the input embeddings
+    max_len: int = 50  # history length used in training and evaluation (encode accepts any length)
+
+    @classmethod
+    def preset(cls, name: Literal["smoke", "cpu", "paper"], **overrides) -> "GRU4RecConfig":
+        presets = {
+            "smoke": dict(dim=16, hidden=16, dropout=0.1, max_len=20),
+            "cpu": dict(dim=64, hidden=128, dropout=0.3),
+            "paper": dict(dim=64, hidden=128, dropout=0.3),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown GRU4Rec preset {name!r}; expected one of {', '.join(presets)}")
+        base = cls(num_items=0, **presets[name])
+        return replace(base, **overrides)
+
+
+def _right_align(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (B, L) -> (right-padded (B, L), lengths (B,)) with the same real items in order."""
+    lengths = (history > 0).sum(dim=1)  # (B,)
+    L = history.shape[1]
+    pos = torch.ones_like(history).cumsum(dim=1) - 1  # (B, L) 0..L-1, traced with dynamic L
+    src = (pos + (L - lengths).unsqueeze(1)) % L  # real items first, then the leading padding
+    return history.gather(1, src), lengths
+
+
+class GRU4Rec(nn.Module):
+    model_name = "gru4rec"
+    config_class = GRU4RecConfig
+    fixed_length = False
+    uses_user = False
+    default_loss = "ce"
+
+    def __init__(self, config: GRU4RecConfig):
+        super().__init__()
+        self.config = config
+        self.item_emb = nn.Embedding(config.num_items + 1, config.dim, padding_idx=0)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.gru = nn.GRU(config.dim, config.hidden, num_layers=config.num_layers, batch_first=True, bias=True)
+        self.dense = nn.Linear(config.hidden, config.dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.xavier_normal_(self.item_emb.weight)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        for name, p in self.gru.named_parameters():
+            if name.startswith("weight"):
+                nn.init.xavier_uniform_(p)
+            else:
+                nn.init.zeros_(p)
+        nn.init.xavier_normal_(self.dense.weight)
+        nn.init.zeros_(self.dense.bias)
+
+    def _run(self, right: torch.Tensor) -> torch.Tensor:
+        """Right-padded (B, L) -> outputs (B, L, d); position t sees items 0..t only."""
+        x = self.item_emb(right) * (right > 0).unsqueeze(-1).to(self.item_emb.weight.dtype)  # (B, L, d)
+        out, _ = self.gru(self.emb_dropout(x))  # (B, L, hidden)
+        return self.dense(out)  # (B, L, d)
+
+    # ---- servable contract ----------------------------------------------------------------------
+    def encode(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) left-padded -> (B, d): the output after the last real item (``user`` is ignored)."""
+        right, lengths = _right_align(history)
+        out = self._run(right)  # (B, L, d)
+        last = (lengths - 1).clamp_min(0)  # an empty history reads the state after one padding step
+        idx = last.view(-1, 1, 1).expand(-1, 1, out.shape[-1])  # (B, 1, d)
+        return out.gather(1, idx).squeeze(1)
+
+    def item_vectors(self) -> torch.Tensor:
+        """(N, d): the input table, rows 1..N (scores are tied, with no bias)."""
+        return self.item_emb.weight[1:]
+
+    def output_items(self) -> torch.Tensor:
+        return self.item_emb.weight[1:]
+
+    # ---- training -------------------------------------------------------------------------------
+    def sequence_output(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-padded -> (B, L, d) aligned with the input: column t = output after item t.
+
+        Padding columns are zero. Used for prefix training: one pass scores every prefix.
+        """
+        right, lengths = _right_align(history)
+        out = self._run(right)  # (B, L, d), real steps first
+        L = history.shape[1]
+        pos = torch.ones_like(history).cumsum(dim=1) - 1  # (B, L)
+        src = (pos - (L - lengths).unsqueeze(1)) % L  # inverse roll: back to left padding
+        out = out.gather(1, src.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
+        return out * (history > 0).unsqueeze(-1).to(out.dtype)
+
+    def forward(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores over items 1..N: (B, N)."""
+        return self.encode(history) @ self.item_emb.weight[1:].T
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"items={c.num_items}, d={c.dim}, hidden={c.hidden}, layers={c.num_layers}"
+
+
+__all__ = ["GRU4Rec", "GRU4RecConfig"]

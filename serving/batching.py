@@ -1,0 +1,214 @@
+"""Dynamic micro-batching with Triton's semantics, on one worker thread that owns ORT and FAISS.
+
+A batch is sent as soon as it holds ``max_batch_size`` requests, otherwise when its oldest request
+has waited ``max_queue_delay``. The queue is bounded: ``submit`` raises ``QueueFullError`` when it is
+full (the API answers 503 with Retry-After). Besides request batches the worker runs *jobs*
+(callables, e.g. chunks of an ``/eval``), alternating with batches so that a long job stream never
+starves ``/recommend``.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from serving.metrics import ServingMetrics
+
+log = logging.getLogger("serving.batching")
+
+
+class QueueFullError(Exception):
+    """The request queue is full; retry later."""
+
+
+class BatcherStopped(Exception):
+    """The batcher is shutting down and takes no more work."""
+
+
+@dataclass
+class _Pending:
+    payload: Any
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _deliver(fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
+    """Runs on the event loop: complete a future unless it was cancelled (client gone, timeout)."""
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+class MicroBatcher:
+    """Collects requests from the event loop and executes them in batches on one worker thread.
+
+    ``execute(payloads) -> results`` runs on the worker; a result that is an ``Exception`` fails only
+    its own request, an exception raised by ``execute`` fails the whole batch.
+    """
+
+    def __init__(
+        self,
+        execute: Callable[[list[Any]], Sequence[Any]],
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
+        self.execute = execute
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self.metrics = metrics
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._jobs: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.inference_count = 0  # requests executed
+        self.execution_count = 0  # batches executed
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="serving-worker", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking work, let the current batch finish, fail whatever is still queued."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            pending, self._queue = list(self._queue), collections.deque()
+            jobs, self._jobs = list(self._jobs), collections.deque()
+        for p in pending:
+            self._complete(p, None, BatcherStopped("server is shutting down"))
+        for _, fut in jobs:
+            fut.set_exception(BatcherStopped("server is shutting down"))
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def average_batch_size(self) -> float:
+        return self.inference_count / self.execution_count if self.execution_count else 0.0
+
+    # ------------------------------------------------------------------ producers
+    def enqueue(self, payloads: Sequence[Any]) -> list[asyncio.Future]:
+        """Queue all ``payloads`` or none (QueueFullError). Call from the event loop."""
+        loop = asyncio.get_running_loop()
+        items = [_Pending(p, loop.create_future(), loop) for p in payloads]
+        with self._cond:
+            if self._stopping:
+                raise BatcherStopped("server is shutting down")
+            if len(self._queue) + len(items) > self.max_queue_size:
+                raise QueueFullError(f"request queue is full ({len(self._queue)}/{self.max_queue_size})")
+            self._queue.extend(items)
+            self._cond.notify()
+        self._set_depth()
+        return [i.future for i in items]
+
+    async def submit(self, payload: Any, timeout: float | None = None) -> Any:
+        """Queue one payload and wait for its result."""
+        (fut,) = self.enqueue([payload])
+        return await asyncio.wait_for(fut, timeout)
+
+    def run_job(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run ``fn()`` on the worker thread between batches. Call from any thread but the worker."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise BatcherStopped("server is shutting down")
+            self._jobs.append((fn, fut))
+            self._cond.notify()
+        return fut
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        prefer_job = False
+        while True:
+            with self._cond:
+                while not self._queue and not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                if self._jobs and (prefer_job or not self._queue):
+                    job = self._jobs.popleft()
+                    batch = None
+                else:
+                    job, batch = None, self._take_batch()
+            prefer_job = batch is not None
+            if job is not None:
+                self._run_job(*job)
+            elif batch:
+                self._run_batch(batch)
+
+    def _take_batch(self) -> list[_Pending]:
+        """With the lock held: wait until the batch is full or the oldest request is due, then pop it."""
+        deadline = self._queue[0].enqueued + self.max_queue_delay_s
+        while len(self._queue) < self.max_batch_size and not self._stopping:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            p = self._queue.popleft()
+            if not p.future.done():  # skip requests whose caller gave up
+                batch.append(p)
+        return batch
+
+    def _run_job(self, fn: Callable[[], Any], fut: concurrent.futures.Future) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # the job's caller gets the exception
+            fut.set_exception(e)
+
+    def _run_batch(self, batch: list[_Pending]) -> None:
+        self._set_depth()
+        now = time.perf_counter()
+        if self.metrics is not None:
+            for p in batch:
+                self.metrics.queue_seconds.observe(now - p.enqueued)
+            self.metrics.batch_size.observe(len(batch))
+        try:
+            results = self.execute([p.payload for p in batch])
+        except Exception as e:
+            log.exception("batch of %d failed", len(batch))
+            results = [e] * len(batch)
+        self.inference_count += len(batch)
+        self.execution_count += 1
+        if self.metrics is not None:
+            self.metrics.inference_count.inc(len(batch))
+            self.metrics.execution_count.inc()
+        for p, r in zip(batch, results):
+            self._complete(p, r, r if isinstance(r, Exception) else None)
+
+    @staticmethod
+    def _complete(p: _Pending, value: Any, error: BaseException | None) -> None:
+        try:
+            p.loop.call_soon_threadsafe(_deliver, p.future, value, error)
+        except RuntimeError:  # event loop already closed
+            pass
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._queue))

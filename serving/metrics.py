@@ -1,0 +1,69 @@
+"""Prometheus metrics (Triton-style) in a registry of their own, one per app.
+
+Requests and errors by endpoint and status, request latency, queue / encode / search time,
+executed batch sizes, queue depth, inference count vs execution count (and their ratio, the
+average executed batch size), the loaded model version, reloads and /eval runs.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServingMetrics:
+    """All metrics of one server instance. ``render()`` gives the Prometheus text format."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("ssi_requests", "HTTP requests by endpoint and status", ["endpoint", "method", "status"],
+                                registry=r)
+        self.errors = Counter("ssi_request_errors", "HTTP responses with status >= 400", ["endpoint", "status"],
+                              registry=r)
+        self.request_seconds = Histogram("ssi_request_seconds", "HTTP request latency", ["endpoint"],
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("ssi_queue_seconds", "time a request waited in the batch queue",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.encode_seconds = Histogram("ssi_encode_seconds", "encoder time per executed batch",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.search_seconds = Histogram("ssi_search_seconds", "search/scoring time per executed batch",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("ssi_batch_size", "executed batch sizes", buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("ssi_queue_depth", "requests waiting in the batch queue", registry=r)
+        self.inference_count = Counter("ssi_inference_count", "requests executed by the worker", registry=r)
+        self.execution_count = Counter("ssi_execution_count", "batches executed by the worker", registry=r)
+        self.avg_batch_size = Gauge("ssi_average_batch_size", "inference count / execution count", registry=r)
+        self.model_info = Gauge("ssi_model_info", "loaded model (value 1)", ["name", "version", "backend"], registry=r)
+        self.model_loaded_at = Gauge("ssi_model_loaded_timestamp_seconds", "when the model was loaded", registry=r)
+        self.reloads = Counter("ssi_reloads", "model reloads by result", ["result"], registry=r)
+        self.evals = Counter("ssi_eval_runs", "/eval runs by result", ["result"], registry=r)
+        self.eval_seconds = Histogram("ssi_eval_seconds", "/eval duration", buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
+                                      registry=r)
+
+    def set_average_batch_size(self, fn: Callable[[], float]) -> None:
+        self.avg_batch_size.set_function(fn)
+
+    def set_model(self, name: str, version: str, backend: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name=name, version=version, backend=backend).set(1)
+        self.model_loaded_at.set(time.time())
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint=endpoint, method=method, status=str(status)).inc()
+        if status >= 400:
+            self.errors.labels(endpoint=endpoint, status=str(status)).inc()
+        self.request_seconds.labels(endpoint=endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def sample(self, name: str, labels: dict[str, Any] | None = None) -> float | None:
+        """One sample's value (for tests and /model)."""
+        return self.registry.get_sample_value(name, labels or {})

@@ -1,0 +1,212 @@
+"""Tables (markdown + CSV), figures (PNG) and report.json from finished runs.
+
+Table 2 (sampled and full ranking), Table 3 (imitation ablation), Figure 3 (single teachers vs all),
+Figure 4 (teacher depth, when swept), training curves and the learned teacher weights per epoch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import statistics
+from collections import defaultdict
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from training.io import atomic_write_json, atomic_write_text  # noqa: E402
+from training.paper import TABLE2, TABLE3  # noqa: E402
+
+if TYPE_CHECKING:
+    from training.run_all import Run
+
+METRICS = [f"{m}@{k}" for k in (5, 10, 15, 20) for m in ("recall", "ndcg")]
+PAPER_COLS = ("recall@10", "ndcg@10")
+
+
+def _agg(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def collect(runs: list["Run"], results: dict["Run", dict], protocol: str, split: str = "test"):
+    """{(dataset, row name): {metric: [value per seed]}} in run order."""
+    rows: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in runs:
+        if r in results:
+            cell = rows.setdefault((r.dataset, r.name), defaultdict(list))
+            for k, v in results[r][split][protocol].items():
+                cell[k].append(v)
+    return rows
+
+
+def _fmt(mean: float, std: float, n: int, bold: bool) -> str:
+    s = f"{mean:.4f}" + (f" ± {std:.4f}" if n > 1 else "")
+    return f"**{s}**" if bold else s
+
+
+def table(rows, protocol: str, paper: dict | None) -> tuple[str, str]:
+    """Markdown and CSV of one protocol; best mean per dataset and column in bold."""
+    best: dict[tuple[str, str], float] = {}
+    for (ds, _), cell in rows.items():
+        for m in METRICS:
+            if m in cell:
+                best[(ds, m)] = max(best.get((ds, m), -1.0), _agg(cell[m])[0])
+    head = ["dataset", "model", "seeds", *METRICS]
+    if paper:
+        head += [f"paper {m}" for m in PAPER_COLS] + [f"Δ {m}" for m in PAPER_COLS]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["dataset", "model", "protocol", "metric", "mean", "std", "n_seeds", "paper", "diff"])
+    for (ds, model), cell in rows.items():
+        n = len(next(iter(cell.values())))
+        line = [ds, model, str(n)]
+        for m in METRICS:
+            mean, std = _agg(cell[m])
+            line.append(_fmt(mean, std, n, abs(mean - best[(ds, m)]) < 1e-12))
+            ref = (paper or {}).get(ds, {}).get(model, {}).get(m)
+            w.writerow([ds, model, protocol, m, f"{mean:.6f}", f"{std:.6f}", n,
+                        "" if ref is None else ref, "" if ref is None else f"{mean - ref:+.6f}"])
+        if paper:
+            refs = [paper.get(ds, {}).get(model, {}).get(m) for m in PAPER_COLS]
+            line += ["" if r is None else f"{r:.3f}" for r in refs]
+            line += ["" if r is None else f"{_agg(cell[m])[0] - r:+.4f}" for r, m in zip(refs, PAPER_COLS)]
+        md.append("| " + " | ".join(line) + " |")
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def table3(rows) -> str:
+    order = ["ssi_hgn", "ssi_hgn_no_mse", "ssi_hgn_no_kl", "hgn"]
+    label = {"ssi_hgn": "SSI (full)", "ssi_hgn_no_mse": "w/o item-representation imitation",
+             "ssi_hgn_no_kl": "w/o prediction imitation", "hgn": "w/o both (HGN alone)"}
+    md = ["| dataset | variant | R@10 | N@10 | paper R@10 | paper N@10 |", "|---|---|---|---|---|---|"]
+    for ds in sorted({d for d, _ in rows}):
+        for m in order:
+            if (ds, m) in rows:
+                c = rows[(ds, m)]
+                r, n = _agg(c["recall@10"]), _agg(c["ndcg@10"])
+                k = len(c["recall@10"])
+                ref = TABLE3.get(m, {}) if ds == "beauty" else {}
+                md.append(f"| {ds} | {label[m]} | {_fmt(*r, k, False)} | {_fmt(*n, k, False)} | "
+                          f"{ref.get('recall@10', '')} | {ref.get('ndcg@10', '')} |")
+    return "\n".join(md) + "\n"
+
+
+def fig3(rows, path: Path) -> bool:
+    names = ["hgn", "ssi_hgn_temporal", "ssi_hgn_persona", "ssi_hgn_global", "ssi_hgn"]
+    labels = ["HGN", "+temporal", "+persona", "+global", "+all three"]
+    datasets = sorted({d for d, m in rows if m in names[1:]})
+    if not datasets:
+        return False
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        present = [(lab, rows[(ds, n)]["ndcg@10"]) for n, lab in zip(names, labels) if (ds, n) in rows]
+        means = [_agg(v)[0] for _, v in present]
+        errs = [_agg(v)[1] for _, v in present]
+        ax.bar([p[0] for p in present], means, yerr=errs, color="#4c72b0", capsize=3)
+        ax.set_ylim(min(means) * 0.95, max(means) * 1.03)
+        ax.set_title(f"{ds}: NDCG@10 (sampled) by consistency")
+        ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def fig4(runs, results, path: Path) -> bool:
+    pts: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in runs:
+        if r.layers is not None and r in results and r.model == "ssi_hgn":
+            pts[r.dataset].append((r.layers, results[r]["test"]["sampled"]["ndcg@10"]))
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for ds, p in pts.items():
+        p.sort()
+        ax.plot([x for x, _ in p], [y for _, y in p], marker="o", label=ds)
+    ax.set_xlabel("teacher layers")
+    ax.set_ylabel("SSI-HGN test NDCG@10")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def curves(runs, out: Path, report: Path) -> list[str]:
+    """One PNG per dataset/model: training loss and validation NDCG@10; plus learned lambdas."""
+    written = []
+    for r in runs:
+        hist_path = r.dir(out) / "history.json"
+        if r.seed != runs[0].seed or not hist_path.is_file():
+            continue
+        hist = json.loads(hist_path.read_text())
+        if not hist:
+            continue
+        ep = [h["epoch"] for h in hist]
+        lam = sorted({k for h in hist for k in h if k.startswith("lambda")})
+        fig, axes = plt.subplots(1, 3 if lam else 2, figsize=(13 if lam else 9, 3.2))
+        axes[0].plot(ep, [h.get("train_loss") for h in hist])
+        axes[0].set_title(f"{r.name}: train loss")
+        val = [(h["epoch"], h["valid_ndcg@10"]) for h in hist if "valid_ndcg@10" in h]
+        axes[1].plot([e for e, _ in val], [v for _, v in val], marker=".")
+        axes[1].set_title("valid NDCG@10 (sampled)")
+        for k in lam:
+            axes[2].plot(ep, [h.get(k) for h in hist], label=k)
+        if lam:
+            axes[2].set_title("learned teacher weights λ_i")
+            axes[2].legend()
+        for a in axes:
+            a.set_xlabel("epoch")
+        fig.tight_layout()
+        name = f"curves_{r.dataset}_{r.name}.png"
+        fig.savefig(report / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in ("torch", "numpy", "onnx", "onnxruntime", "faiss-cpu", "faiss-gpu"):
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: float, peak_rss_mb: float,
+                 negatives: dict[str, str]) -> Path:
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    for proto, suffix in (("sampled", ""), ("full", "_full")):
+        md, csv_text = table(collect(runs, results, proto), proto, TABLE2 if proto == "sampled" else None)
+        title = "Table 2: test metrics, sampled (target + 99 stored negatives)" if proto == "sampled" else \
+            "Table 2 (full ranking): test metrics over all items, the user's history excluded"
+        atomic_write_text(report / f"table2{suffix}.md", f"# {title}\n\npreset `{preset}`; mean ± std over seeds; "
+                          "best per dataset and column in bold.\n\n" + md)
+        atomic_write_text(report / f"table2{suffix}.csv", csv_text)
+    sampled = collect(runs, results, "sampled")
+    atomic_write_text(report / "table3.md", "# Table 3: imitation ablation (HGN student, test, sampled)\n\n"
+                      + table3(sampled))
+    figures = {"fig3": fig3(sampled, report / "fig3.png"), "fig4": fig4(runs, results, report / "fig4.png")}
+    figures["curves"] = curves(runs, out, report)
+    doc: dict[str, Any] = {
+        "preset": preset, "wall_time_s": round(wall_time_s, 1), "peak_rss_mb": round(peak_rss_mb, 1),
+        "packages": _versions(), "figures": figures,
+        "datasets": {n: {"path": str(d.path), "sha256": d.sha256, "negatives_sha256": negatives.get(n),
+                         "users": d.num_users, "items": d.num_items} for n, d in datasets.items()},
+        "runs": [{"dataset": r.dataset, "model": r.name, "seed": r.seed, "dir": str(r.dir(out)),
+                  **{k: results[r].get(k) for k in ("wall_time_s", "device", "best_epoch", "epochs_run")},
+                  "metrics": {s: results[r][s] for s in ("valid", "test")}}
+                 for r in runs if r in results],
+    }
+    atomic_write_json(report / "report.json", doc)
+    return report

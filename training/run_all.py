@@ -1,0 +1,270 @@
+"""Reproduce the SSI paper's tables and figures on your data, then export the best student.
+
+    python training/run_all.py                          # every paper dataset present; paper preset on GPU, cpu otherwise
+    python training/run_all.py --preset smoke --datasets lastfm
+    torchrun --nproc_per_node 4 training/run_all.py --preset paper --datasets beauty
+
+Order: baselines (MostPop, GRU4Rec, HGN, BERT4Rec, SASRec, S3-Rec, GREC), the consistency teachers,
+the students with imitation, the ablations (Table 3, Figure 3, optionally Figure 4's depth sweep),
+then the report (``--out/report/``) and the export of the best SSI student.
+
+Every run is a folder ``--out/<dataset>/<model>/seed<k>/``; a finished run (``metrics.json``) is
+skipped on the next invocation, and an interrupted one resumes from its last epoch checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python training/run_all.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tqdm.auto import tqdm  # noqa: E402
+
+from protocol import DataError, SequenceDataset, load_dataset, load_or_create_negatives  # noqa: E402
+from protocol.data import list_datasets, resolve_data_dir  # noqa: E402
+
+log = logging.getLogger("ssi.run_all")
+
+PRESETS = ("smoke", "cpu", "paper")
+TEACHER_VARIANTS = ("temporal", "persona", "global")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What one row of the tables trains. Exactly one of the kinds is set."""
+
+    group: str  # baseline | teacher | student | ablation
+    mostpop: bool = False
+    teacher: str | None = None  # bert4rec | temporal | persona | global
+    student: str | None = None  # hgn | gru4rec
+    teachers: tuple[str, ...] = ()
+    use_kl: bool = True
+    use_mse: bool = True
+    loss: str | None = None  # None: the model's paper loss
+    baseline: str | None = None  # sasrec | sasrec_ce | s3rec | grec
+    all_seeds: bool = True
+
+
+CATALOG: dict[str, ModelSpec] = {
+    "mostpop": ModelSpec("baseline", mostpop=True, all_seeds=False),
+    "gru4rec": ModelSpec("baseline", student="gru4rec"),
+    "hgn": ModelSpec("baseline", student="hgn"),
+    "hgn_ce": ModelSpec("baseline", student="hgn", loss="ce"),
+    "bert4rec": ModelSpec("baseline", teacher="bert4rec", all_seeds=False),
+    "sasrec": ModelSpec("baseline", baseline="sasrec"),
+    "sasrec_ce": ModelSpec("baseline", baseline="sasrec_ce"),
+    "s3rec": ModelSpec("baseline", baseline="s3rec"),
+    "grec": ModelSpec("baseline", baseline="grec"),
+    **{f"teacher_{v}": ModelSpec("teacher", teacher=v, all_seeds=False) for v in TEACHER_VARIANTS},
+    "ssi_hgn": ModelSpec("student", student="hgn", teachers=TEACHER_VARIANTS),
+    "ssi_hgn_ce": ModelSpec("student", student="hgn", teachers=TEACHER_VARIANTS, loss="ce"),
+    "ssi_gru4rec": ModelSpec("student", student="gru4rec", teachers=TEACHER_VARIANTS),
+    "ssi_hgn_no_mse": ModelSpec("ablation", student="hgn", teachers=TEACHER_VARIANTS, use_mse=False),
+    "ssi_hgn_no_kl": ModelSpec("ablation", student="hgn", teachers=TEACHER_VARIANTS, use_kl=False),
+    **{f"ssi_hgn_{v}": ModelSpec("ablation", student="hgn", teachers=(v,)) for v in TEACHER_VARIANTS},
+}
+SSI_STUDENTS = ("ssi_hgn", "ssi_hgn_ce", "ssi_gru4rec")
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    model: str
+    seed: int
+    layers: int | None = None  # teacher depth for the Figure 4 sweep (None: the preset's)
+
+    @property
+    def name(self) -> str:
+        return self.model if self.layers is None else f"{self.model}_L{self.layers}"
+
+    def dir(self, out: Path) -> Path:
+        return out / self.dataset / self.name / f"seed{self.seed}"
+
+
+def plan(datasets: list[str], models: list[str], seeds: list[int], layers: list[int]) -> list[Run]:
+    """All runs in execution order; teachers come before the students that need them."""
+    order = ["baseline", "teacher", "student", "ablation"]
+    wanted = set(models)
+    # students need their teachers, even when only the students were asked for
+    for m in models:
+        wanted |= {f"teacher_{t}" for t in CATALOG[m].teachers}
+    runs: list[Run] = []
+    for ds in datasets:
+        for group in order:
+            for name, spec in CATALOG.items():
+                if name in wanted and spec.group == group:
+                    runs += [Run(ds, name, s) for s in (seeds if spec.all_seeds else seeds[:1])]
+        for n in layers:  # Figure 4: teacher depth -> SSI-HGN
+            runs += [Run(ds, f"teacher_{v}", seeds[0], n) for v in TEACHER_VARIANTS]
+            runs.append(Run(ds, "ssi_hgn", seeds[0], n))
+    return runs
+
+
+def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool, first_seed: int) -> dict[str, Any]:
+    """Train (or load, when finished) one run."""
+    spec, run_dir = CATALOG[run.model], run.dir(out)
+    if spec.mostpop:
+        from training.mostpop import train_mostpop
+
+        return train_mostpop(ds, run_dir, resume=resume)
+    if spec.teacher is not None:
+        from training.teachers import train_teacher
+
+        over = {"num_layers": run.layers} if run.layers else None
+        return train_teacher(spec.teacher, ds, preset, run_dir, seed=run.seed, resume=resume, overrides=over)
+    if spec.baseline is not None:
+        from training.baselines import train_baseline
+
+        return train_baseline(spec.baseline, ds, preset, run_dir, seed=run.seed, resume=resume)
+    from training.students import ImitationConfig, train_student
+
+    teacher_dirs = {t: Run(run.dataset, f"teacher_{t}", first_seed, run.layers).dir(out) for t in spec.teachers}
+    imitation = ImitationConfig(use_kl=spec.use_kl, use_mse=spec.use_mse)
+    return train_student(spec.student, ds, preset, run_dir, teacher_dirs=teacher_dirs, imitation=imitation,
+                         loss=spec.loss, seed=run.seed, resume=resume)
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"error: output folder {out} is not writable ({e.strerror})") from None
+
+
+def default_preset(device: str) -> str:
+    import torch
+
+    gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "paper" if gpu else "cpu"
+
+
+def export_best(runs: list[Run], results: dict[Run, dict], out: Path, export_out: Path) -> Path | None:
+    """Export the SSI student with the best validation NDCG@10 (first dataset); returns the artifact dir."""
+    cands = [r for r in runs if r.model in SSI_STUDENTS and r.layers is None and r in results
+             and r.dataset == runs[0].dataset]
+    if not cands:
+        log.warning("no SSI student was trained: nothing to export")
+        return None
+    best = max(cands, key=lambda r: results[r]["valid"]["sampled"]["ndcg@10"])
+    log.info("exporting %s (valid NDCG@10 %.4f)", best.dir(out), results[best]["valid"]["sampled"]["ndcg@10"])
+    cmd = [sys.executable, "-m", "export", str(best.dir(out)), "--out", str(export_out)]
+    proc = subprocess.run(cmd, text=True, capture_output=True)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"error: export of {best.dir(out)} failed (exit {proc.returncode})")
+    latest = export_out / "latest"
+    return export_out / latest.read_text().strip() if latest.is_file() else None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="training/run_all.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=PRESETS, default=None,
+                   help="model/training sizes: smoke (seconds), cpu (this 2-core class of machine), paper "
+                        "(the paper's sizes, for a GPU). Default: paper on a GPU, cpu otherwise")
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help="dataset names (beauty, toys, sports, lastfm or any NAME.txt). Default: every paper "
+                        "dataset present in the data folder")
+    p.add_argument("--models", nargs="+", default=None, choices=sorted(CATALOG), metavar="MODEL",
+                   help=f"subset of rows to train (default: all). Known: {', '.join(CATALOG)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="seeds for mean +- std (default: 42 for smoke, 42 43 44 otherwise; teachers use the first)")
+    p.add_argument("--teacher-layers", nargs="*", type=int, default=[],
+                   help="Figure 4: also train the teachers with these depths and SSI-HGN on them")
+    p.add_argument("--out", type=Path, default=Path("artifacts/runs"), help="runs and report folder")
+    p.add_argument("--data-dir", type=Path, default=None, help="data folder (default: $SSI_DATA_DIR, else ./data)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_true", default=True,
+                   help="skip finished runs and continue interrupted ones (default)")
+    g.add_argument("--fresh", dest="resume", action="store_false", help="retrain every run from scratch")
+    p.add_argument("--export-out", type=Path, default=Path("artifacts/serving"), help="where the artifact goes")
+    p.add_argument("--no-export", action="store_true", help="skip the export of the best SSI student")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def _init_distributed() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank, world = _init_distributed()
+    logging.basicConfig(level=args.log_level if rank == 0 else "WARNING",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.device != "auto":
+        os.environ["SSI_DEVICE"] = args.device
+    preset = args.preset or default_preset(args.device)
+    data_dir = resolve_data_dir(args.data_dir)
+    names = args.datasets or list_datasets(data_dir)
+    if not names:
+        raise SystemExit(f"error: no paper dataset (Beauty/Toys/Sports) in {data_dir.resolve()}; "
+                         "download one with: python -m training.data download beauty")
+    try:  # fail fast, before any training
+        datasets = {n: load_dataset(n, data_dir) for n in names}
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    if rank == 0:
+        check_writable(args.out)
+    seeds = args.seeds or ([42] if preset == "smoke" else [42, 43, 44])
+    models = args.models or list(CATALOG)
+    runs = plan(list(datasets), models, seeds, args.teacher_layers)
+    log.info("preset %s%s | datasets %s | %d runs | seeds %s | out %s | world size %d", preset,
+             "" if args.preset else " (default for this device)", ", ".join(datasets), len(runs), seeds, args.out, world)
+    results: dict[Run, dict] = {}
+    t_start = time.time()
+    bar = tqdm(runs, desc="runs", unit="run", disable=rank != 0, dynamic_ncols=True)
+    for run in bar:
+        bar.set_postfix_str(f"{run.dataset}/{run.name}/seed{run.seed}")
+        ds = datasets[run.dataset]
+        if CATALOG[run.model].mostpop and rank != 0:
+            continue
+        t0 = time.time()
+        m = execute(run, ds, preset, args.out, args.resume, seeds[0])
+        if rank != 0:
+            continue
+        results[run] = m
+        t = m["test"]["sampled"]
+        tqdm.write(f"[{run.dataset}] {run.name:<18} seed {run.seed}: test R@10 {t['recall@10']:.4f} "
+                   f"N@10 {t['ndcg@10']:.4f} | full N@10 {m['test']['full']['ndcg@10']:.4f} | {time.time() - t0:.0f}s")
+    if rank != 0:
+        return 0
+    from training.report import write_report
+
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report_dir = write_report(args.out, runs, results, datasets, preset=preset, wall_time_s=time.time() - t_start,
+                              peak_rss_mb=peak_rss_mb, negatives={n: load_or_create_negatives(d).sha256
+                                                                  for n, d in datasets.items()})
+    log.info("report written to %s (peak RSS %.0f MB)", report_dir, peak_rss_mb)
+    if not args.no_export:
+        artifact = export_best(runs, results, args.out, args.export_out)
+        if artifact:
+            log.info("artifact ready to serve: %s  (python -m serving)", artifact)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
