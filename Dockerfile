@@ -91,7 +91,7 @@ ENV PYTHONPATH=/app \
     SSI_PORT=8000 \
     SSI_ARTIFACT_ROOT=/artifacts/serving \
     SSI_DATA_DIR=/data \
-    OMP_NUM_THREADS=1
+    SSI_CACHE_DIR=/tmp/ssi-cache
 USER 10001:10001
 EXPOSE 8000
 # Ready = model loaded and warmed (not just the process up).

@@ -6,6 +6,7 @@ converter, and ``manifest.json`` with the sha256 of every file. Everything goes 
 folder beside the target, which is renamed into ``<root>/<model>/<version>/`` only when complete; the
 ``<root>/latest`` pointer is replaced atomically last. The reader is ``serving.artifact``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,12 @@ from serving.artifact import LATEST, MANIFEST, SCHEMA_VERSION
 from training.mostpop import popularity_ranking
 
 DEFAULT_ROOT = Path("artifacts/serving")
-ENCODER_FILE, ITEMS_FILE, POPULARITY_FILE, ID_MAP_FILE = "encoder.onnx", "items.npy", "popularity.npy", "id_map.json"
+ENCODER_FILE, ITEMS_FILE, POPULARITY_FILE, ID_MAP_FILE = (
+    "encoder.onnx",
+    "items.npy",
+    "popularity.npy",
+    "id_map.json",
+)
 PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "safetensors")
 
 
@@ -84,15 +90,23 @@ def load_run_dataset(info: dict[str, Any], data: str | os.PathLike | None = None
     except DataError as e:
         raise ExportError(str(e)) from None
     if ds.sha256 != info["data_sha256"]:
-        raise ExportError(f"{ds.path}: sha256 {ds.sha256[:12]}... differs from the run's data "
-                          f"({str(info['data_sha256'])[:12]}...); point --data at the file the run was trained on")
+        raise ExportError(
+            f"{ds.path}: sha256 {ds.sha256[:12]}... differs from the run's data "
+            f"({str(info['data_sha256'])[:12]}...); point --data at the file the run was trained on"
+        )
     return ds
 
 
 def max_len_of(model: nn.Module, info: dict[str, Any]) -> int:
-    """History length the encoder serves: the model config's ``max_len``, else the run's training one."""
+    """History length the encoder serves.
+
+    A fixed-length encoder (HGN's window) reads exactly ``config.max_len`` columns. Any other encoder
+    gets the length the run's metrics were measured with (``train_config.max_len``, what ``evaluate``
+    was given), so the served model is the evaluated one; else ``config.max_len``; else 50."""
     cfg_len = getattr(getattr(model, "config", None), "max_len", None)
-    return int(cfg_len or (info.get("train_config") or {}).get("max_len") or 50)
+    if getattr(model, "fixed_length", False) and cfg_len:
+        return int(cfg_len)
+    return int((info.get("train_config") or {}).get("max_len") or cfg_len or 50)
 
 
 def model_config(model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +122,9 @@ def item_table(model: nn.Module, num_items: int, where: Path) -> np.ndarray:
     with torch.no_grad():
         items = model.item_vectors().detach().float().cpu().numpy()
     if items.ndim != 2 or items.shape[0] != num_items:
-        raise ExportError(f"{where}: item_vectors() has shape {items.shape}, the dataset has {num_items} items")
+        raise ExportError(
+            f"{where}: item_vectors() has shape {items.shape}, the dataset has {num_items} items"
+        )
     if not np.isfinite(items).all():
         raise ExportError(f"{where}: item_vectors() contains NaN or infinite values")
     return np.ascontiguousarray(items, dtype=np.float32)
@@ -155,16 +171,28 @@ def write_latest(root: Path, name: str, version: str) -> None:
 
 
 def new_version(now: datetime) -> str:
-    """``YYYYMMDDTHHMMSSZ-xxxxxx``: sorts by creation time; the random suffix keeps same-second exports apart."""
+    """``YYYYMMDDTHHMMSSZ-xxxxxx``: sorts by creation time; the random suffix keeps
+    same-second exports apart."""
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 # ------------------------------------------------------------------------------------------ build
 
 
-def build_manifest(*, name: str, version: str, config: dict[str, Any], encoder: EncoderInfo, items: np.ndarray,
-                   ds: SequenceDataset, info: dict[str, Any], run_dir: Path, has_id_map: bool,
-                   created: datetime, files: dict[str, str]) -> dict[str, Any]:
+def build_manifest(
+    *,
+    name: str,
+    version: str,
+    config: dict[str, Any],
+    encoder: EncoderInfo,
+    items: np.ndarray,
+    ds: SequenceDataset,
+    info: dict[str, Any],
+    run_dir: Path,
+    has_id_map: bool,
+    created: datetime,
+    files: dict[str, str],
+) -> dict[str, Any]:
     metrics = info["metrics"]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -173,39 +201,61 @@ def build_manifest(*, name: str, version: str, config: dict[str, Any], encoder: 
         "items": {"file": ITEMS_FILE, "count": int(items.shape[0]), "dim": int(items.shape[1])},
         "popularity": {"file": POPULARITY_FILE},
         "id_map": {"file": ID_MAP_FILE} if has_id_map else None,
-        "dataset": {"name": ds.name, "sha256": ds.sha256,
-                    "negatives_sha256": info.get("negatives_sha256") or metrics.get("negatives_sha256"),
-                    "num_users": ds.num_users, "num_items": ds.num_items},
+        "dataset": {
+            "name": ds.name,
+            "sha256": ds.sha256,
+            "negatives_sha256": info.get("negatives_sha256") or metrics.get("negatives_sha256"),
+            "num_users": ds.num_users,
+            "num_items": ds.num_items,
+        },
         "metrics": {"test": metrics.get("test"), "valid": metrics.get("valid")},
-        "source": {"run_dir": str(run_dir.resolve()), "weights_sha256": sha256_file(run_dir / "model.safetensors"),
-                   "export_max_abs_diff": encoder.max_abs_diff},
+        "source": {
+            "run_dir": str(run_dir.resolve()),
+            "weights_sha256": sha256_file(run_dir / "model.safetensors"),
+            "export_max_abs_diff": encoder.max_abs_diff,
+        },
         "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "packages": package_versions(),
         "files": files,
     }
 
 
-def _write_files(tmp: Path, model: nn.Module, ds: SequenceDataset, info: dict[str, Any], run_dir: Path,
-                 exporters: tuple[str, ...]) -> tuple[EncoderInfo, np.ndarray, Path | None]:
+def _write_files(
+    tmp: Path,
+    model: nn.Module,
+    ds: SequenceDataset,
+    info: dict[str, Any],
+    run_dir: Path,
+    exporters: tuple[str, ...],
+) -> tuple[EncoderInfo, np.ndarray, Path | None]:
+    """Everything but the manifest into ``tmp``; the cheap checks run before the (slow) export."""
     items = item_table(model, ds.num_items, run_dir)
+    id_map = find_id_map(ds)
+    if id_map is not None:
+        _check_id_map(id_map, ds.num_items)
     fixed = bool(getattr(model, "fixed_length", False))
     uses_user = bool(getattr(model, "uses_user", False))
     encoder = export_encoder(model, tmp / ENCODER_FILE, max_len_of(model, info), fixed, uses_user, exporters)
     if encoder.dim != items.shape[1]:
-        raise ExportError(f"{tmp / ENCODER_FILE}: query dim {encoder.dim} differs from item_vectors() dim "
-                          f"{items.shape[1]}")
+        raise ExportError(
+            f"{tmp / ENCODER_FILE}: query dim {encoder.dim} differs from item_vectors() dim {items.shape[1]}"
+        )
     np.save(tmp / ITEMS_FILE, items)
     np.save(tmp / POPULARITY_FILE, popularity_ranking(ds))
-    id_map = find_id_map(ds)
     if id_map is not None:
-        _check_id_map(id_map, ds.num_items)
         shutil.copyfile(id_map, tmp / ID_MAP_FILE)
     return encoder, items, id_map
 
 
-def build_artifact(run_dir: str | os.PathLike, out_root: str | os.PathLike = DEFAULT_ROOT, *,
-                   model: nn.Module | None = None, data: str | os.PathLike | None = None,
-                   exporters: tuple[str, ...] = EXPORTERS, update_latest: bool = True) -> Path:
+def build_artifact(
+    run_dir: str | os.PathLike,
+    out_root: str | os.PathLike = DEFAULT_ROOT,
+    *,
+    model: nn.Module | None = None,
+    data: str | os.PathLike | None = None,
+    exporters: tuple[str, ...] = EXPORTERS,
+    update_latest: bool = True,
+) -> Path:
     """Build ``<out_root>/<model>/<version>/`` from a finished run and return its path.
 
     ``model`` defaults to the run's best weights (``training.runs.load_run_model``); ``data`` is a data
@@ -224,9 +274,19 @@ def build_artifact(run_dir: str | os.PathLike, out_root: str | os.PathLike = DEF
     try:
         encoder, items, id_map = _write_files(tmp, model, ds, info, run_dir, exporters)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        manifest = build_manifest(name=name, version=version, config=model_config(model, info), encoder=encoder,
-                                  items=items, ds=ds, info=info, run_dir=run_dir, has_id_map=id_map is not None,
-                                  created=created, files=files)
+        manifest = build_manifest(
+            name=name,
+            version=version,
+            config=model_config(model, info),
+            encoder=encoder,
+            items=items,
+            ds=ds,
+            info=info,
+            run_dir=run_dir,
+            has_id_map=id_map is not None,
+            created=created,
+            files=files,
+        )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for p in tmp.iterdir():
             _fsync(p)

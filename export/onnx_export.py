@@ -8,7 +8,7 @@ Facts this module is built on (torch 2.13, measured on this project's CPU machin
   any other length.
 - The dynamo exporter handles transformers, takes ~10 s, and fails to decompose a GRU whose input length
   is symbolic after the in-graph truncation below. A second dynamo export of a GRU in the same process
-  silently fixes the sequence axis, so every export runs in its own spawned process.
+  silently fixes the sequence axis, so every export runs in its own `python -m export.onnx_export` process.
 - A trace with batch size 1 can bake the batch size in, so the sample batch has 3 rows.
 
 Hence: each exporter in ``EXPORTERS`` is tried in turn, each in a fresh process, and its graph is only
@@ -18,16 +18,18 @@ accepted after (a) the declared input/output dims are checked to be symbolic whe
 For models with a dynamic history length the graph itself keeps the most recent ``max_len`` items
 (``history[:, -max_len:]``), so a longer history gives the same query as the server-side truncation.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
-import multiprocessing
+import json
 import os
+import re
+import subprocess
+import sys
 import traceback
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ OUTPUT_NAME = "query"
 PARITY_TOL = 1e-4
 SAMPLE_BATCH = 3  # >= 2: a batch-1 trace can bake the batch size in
 CHECK_BATCHES = (1, 2, 5)
-CHILD_TIMEOUT_S = 900
+CHILD_TIMEOUT_S = 900  # one exporter attempt
 
 
 class ExportError(Exception):
@@ -78,7 +80,7 @@ class _HistoryEncoder(nn.Module):
         self.model, self.max_len, self.fixed_length = model, max_len, fixed_length
 
     def _history(self, history: torch.Tensor) -> torch.Tensor:
-        return history if self.fixed_length else history[:, -self.max_len:]
+        return history if self.fixed_length else history[:, -self.max_len :]
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         return self.model.encode(self._history(history), None).float()
@@ -112,8 +114,9 @@ def model_sizes(model: nn.Module) -> tuple[int, int]:
     return n_items, n_users
 
 
-def random_inputs(rng: np.random.Generator, batch: int, length: int, num_items: int, num_users: int,
-                  pad_rows: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def random_inputs(
+    rng: np.random.Generator, batch: int, length: int, num_items: int, num_users: int, pad_rows: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Random left-padded histories (B, length) with ids in 1..num_items, and users in 0..num_users.
 
     With ``pad_rows`` every other row gets a random amount of left padding, to exercise masking."""
@@ -134,11 +137,15 @@ def check_lengths(max_len: int, fixed_length: bool) -> list[int]:
 
 
 def _dims(value_info: Any) -> list[int | str]:
-    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
-            for d in value_info.type.tensor_type.shape.dim]
+    return [
+        d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
+        for d in value_info.type.tensor_type.shape.dim
+    ]
 
 
-def check_graph(path: str | os.PathLike, max_len: int, fixed_length: bool, uses_user: bool) -> tuple[int, int]:
+def check_graph(
+    path: str | os.PathLike, max_len: int, fixed_length: bool, uses_user: bool
+) -> tuple[int, int]:
     """Check the ONNX graph's declared interface. Returns (opset, output dim); raises ExportError.
 
     ``history`` is int64 (batch, length) with a symbolic batch axis and a symbolic length axis unless
@@ -161,8 +168,10 @@ def check_graph(path: str | os.PathLike, max_len: int, fixed_length: bool, uses_
         dims = _dims(inputs[name])
         if inputs[name].type.tensor_type.elem_type != onnx.TensorProto.INT64:
             raise ExportError(f"{path}: input {name!r} is not int64")
-        if len(dims) != len(want) or any(_mismatch(d, w) for d, w in zip(dims, want)):
-            raise ExportError(f"{path}: input {name!r} has dims {dims}, expected {want} (symbolic where named)")
+        if len(dims) != len(want) or any(_mismatch(d, w) for d, w in zip(dims, want, strict=True)):
+            raise ExportError(
+                f"{path}: input {name!r} has dims {dims}, expected {want} (symbolic where named)"
+            )
     outputs = {o.name: o for o in model.graph.output}
     if list(outputs) != [OUTPUT_NAME]:
         raise ExportError(f"{path}: graph outputs {list(outputs)}, expected [{OUTPUT_NAME!r}]")
@@ -171,6 +180,20 @@ def check_graph(path: str | os.PathLike, max_len: int, fixed_length: bool, uses_
         raise ExportError(f"{path}: output {OUTPUT_NAME!r} has dims {out_dims}, expected [batch, D]")
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     return int(opset), int(out_dims[1])
+
+
+def declare_output_dim(path: Path, dim: int) -> None:
+    """Write the query width into the graph's output type when the exporter left it symbolic (the
+    TorchScript exporter does for GRU4Rec), so a reader can check it against the item table statically.
+    The parity check that follows runs the graph, so a wrong width cannot slip through."""
+    import onnx
+
+    model = onnx.load(str(path))
+    width = model.graph.output[0].type.tensor_type.shape.dim[1]
+    if width.HasField("dim_value"):
+        return
+    width.dim_value = dim
+    onnx.save(model, str(path))
 
 
 def _mismatch(dim: int | str, want: int | str) -> bool:
@@ -197,8 +220,16 @@ def ort_encode(session: Any, history: np.ndarray, users: np.ndarray | None) -> n
     return session.run([OUTPUT_NAME], feeds)[0]
 
 
-def check_parity(path: str | os.PathLike, wrapper: nn.Module, max_len: int, fixed_length: bool,
-                 uses_user: bool, num_items: int, num_users: int, seed: int = 0) -> float:
+def check_parity(
+    path: str | os.PathLike,
+    wrapper: nn.Module,
+    max_len: int,
+    fixed_length: bool,
+    uses_user: bool,
+    num_items: int,
+    num_users: int,
+    seed: int = 0,
+) -> float:
     """Max |ORT - torch| over CHECK_BATCHES x check_lengths; raises ExportError above PARITY_TOL."""
     session = ort_session(path)
     rng = np.random.default_rng(seed)
@@ -211,15 +242,21 @@ def check_parity(path: str | os.PathLike, wrapper: nn.Module, max_len: int, fixe
                 ref = wrapper(*args).numpy()
             try:
                 got = ort_encode(session, hist, users if uses_user else None)
-            except Exception as e:  # ORT raises its own exception types
-                raise ExportError(f"{path}: ONNX Runtime fails on a ({batch}, {length}) history: "
-                                  f"{str(e).splitlines()[0][:200]}") from None
+            except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+                raise ExportError(
+                    f"{path}: ONNX Runtime fails on a ({batch}, {length}) history: "
+                    f"{str(e).splitlines()[0][:200]}"
+                ) from None
             if got.shape != ref.shape:
-                raise ExportError(f"{path}: ORT output {got.shape} vs torch {ref.shape} at ({batch}, {length})")
+                raise ExportError(
+                    f"{path}: ORT output {got.shape} vs torch {ref.shape} at ({batch}, {length})"
+                )
             diff = float(np.abs(got - ref).max())
             if not diff <= PARITY_TOL:
-                raise ExportError(f"{path}: ORT differs from torch by {diff:.2e} at ({batch}, {length}) "
-                                  f"(tolerance {PARITY_TOL:.0e})")
+                raise ExportError(
+                    f"{path}: ORT differs from torch by {diff:.2e} at ({batch}, {length}) "
+                    f"(tolerance {PARITY_TOL:.0e})"
+                )
             worst = max(worst, diff)
     return worst
 
@@ -234,31 +271,59 @@ def _sample_args(max_len: int, fixed_length: bool, uses_user: bool, num_items: i
     return (torch.from_numpy(hist),) + ((torch.from_numpy(users),) if uses_user else ())
 
 
-def _torch_export(wrapper: nn.Module, args: tuple, path: Path, exporter: str, fixed_length: bool,
-                  uses_user: bool, opset: int) -> None:
+def _torch_export(
+    wrapper: nn.Module,
+    args: tuple,
+    path: Path,
+    exporter: str,
+    fixed_length: bool,
+    uses_user: bool,
+    opset: int,
+) -> None:
     names = input_names(uses_user)
     if exporter == "torchscript":
-        axes: dict[str, dict[int, str]] = {"history": {0: "batch"} if fixed_length else {0: "batch", 1: "length"},
-                                           "user": {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-        torch.onnx.export(wrapper, args, str(path), dynamo=False, input_names=names, output_names=[OUTPUT_NAME],
-                          dynamic_axes={k: v for k, v in axes.items() if k in names + [OUTPUT_NAME]},
-                          opset_version=opset, do_constant_folding=True)
+        axes: dict[str, dict[int, str]] = {
+            "history": {0: "batch"} if fixed_length else {0: "batch", 1: "length"},
+            "user": {0: "batch"},
+            OUTPUT_NAME: {0: "batch"},
+        }
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            dynamo=False,
+            input_names=names,
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={k: v for k, v in axes.items() if k in names + [OUTPUT_NAME]},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
     elif exporter == "dynamo":
         batch, length = torch.export.Dim("batch", min=1), torch.export.Dim("length", min=1)
         shapes: dict[str, Any] = {"history": {0: batch} if fixed_length else {0: batch, 1: length}}
         if uses_user:
             shapes["user"] = {0: batch}
-        torch.onnx.export(wrapper, args, str(path), dynamo=True, external_data=False, input_names=names,
-                          output_names=[OUTPUT_NAME], dynamic_shapes=shapes, opset_version=opset, verbose=False)
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            dynamo=True,
+            external_data=False,
+            input_names=names,
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=shapes,
+            opset_version=opset,
+            verbose=False,
+        )
     else:
         raise ExportError(f"unknown exporter {exporter!r}; expected one of {', '.join(EXPORTERS)}")
 
 
-def _export_and_check(model_bytes: bytes, path: str, max_len: int, fixed_length: bool, uses_user: bool,
-                      exporter: str, opset: int) -> dict[str, Any]:
+def _export_and_check(
+    model: nn.Module, path: str, max_len: int, fixed_length: bool, uses_user: bool, exporter: str, opset: int
+) -> dict[str, Any]:
     """Child-process body: export with one exporter, check the graph and ORT parity. Returns EncoderInfo."""
-    torch.set_num_threads(1)
-    model = torch.load(io.BytesIO(model_bytes), map_location="cpu", weights_only=False).eval()
+    model = model.eval()
     num_items, num_users = model_sizes(model)
     wrapper = wrap_encoder(model, max_len, fixed_length, uses_user)
     args = _sample_args(max_len, fixed_length, uses_user, num_items, num_users)
@@ -268,46 +333,118 @@ def _export_and_check(model_bytes: bytes, path: str, max_len: int, fixed_length:
         _torch_export(wrapper, args, out, exporter, fixed_length, uses_user, opset)
     if list(out.parent.glob(out.name + "*.data")):
         raise ExportError(f"{out}: the exporter wrote external data; expected a one-file model")
+    with torch.no_grad():
+        declare_output_dim(out, int(wrapper(*args).shape[1]))
     got_opset, dim = check_graph(out, max_len, fixed_length, uses_user)
     diff = check_parity(out, wrapper, max_len, fixed_length, uses_user, num_items, num_users)
-    return asdict(EncoderInfo(file=out.name, exporter=exporter, opset=got_opset, input_names=input_names(uses_user),
-                              output_name=OUTPUT_NAME, max_len=max_len, fixed_length=fixed_length,
-                              uses_user=uses_user, dim=dim, max_abs_diff=diff))
+    return asdict(
+        EncoderInfo(
+            file=out.name,
+            exporter=exporter,
+            opset=got_opset,
+            input_names=input_names(uses_user),
+            output_name=OUTPUT_NAME,
+            max_len=max_len,
+            fixed_length=fixed_length,
+            uses_user=uses_user,
+            dim=dim,
+            max_abs_diff=diff,
+        )
+    )
 
 
-def _run_in_child(fn: Any, *args: Any) -> Any:
-    """Run ``fn(*args)`` in a fresh spawned process (exporter state never leaks between exports)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result(timeout=CHILD_TIMEOUT_S)
+def _child_main(request: str, result: str) -> int:
+    """``python -m export.onnx_export REQUEST RESULT``: run one export, write ``{"info"|"error": ...}``."""
+    torch.set_num_threads(1)
+    try:
+        req = torch.load(request, map_location="cpu", weights_only=False)
+        out: dict[str, Any] = {"info": _export_and_check(req.pop("model"), **req)}
+    except ExportError as e:
+        out = {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - the exporters raise many types; report the first line
+        out = {"error": f"{type(e).__name__}: {_last_line(e)}"}
+    Path(result).write_text(json.dumps(out), encoding="utf-8")
+    return 0
 
 
-def export_encoder(model: nn.Module, path: str | os.PathLike, max_len: int, fixed_length: bool, uses_user: bool,
-                   exporters: tuple[str, ...] = EXPORTERS, opset: int = OPSET) -> EncoderInfo:
+def _child_env() -> dict[str, str]:
+    """The parent's import path, so the child can import the model's class (sent by pickle)."""
+    paths = [p or os.getcwd() for p in sys.path]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def _run_in_child(model: nn.Module, workdir: Path, **kwargs: Any) -> dict[str, Any]:
+    """One export in a fresh ``python -m export.onnx_export`` process (exporter state never leaks)."""
+    request, result = workdir / ".export-request.pt", workdir / ".export-result.json"
+    torch.save({"model": model, **kwargs}, request)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "export.onnx_export", str(request), str(result)],
+            env=_child_env(),
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+            check=False,
+        )
+        if not result.is_file():
+            tail = " ".join(proc.stderr.strip().splitlines()[-2:])[-300:]
+            raise ExportError(f"the export process died (exit code {proc.returncode}): {tail}")
+        out = json.loads(result.read_text(encoding="utf-8"))
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"the export process took longer than {CHILD_TIMEOUT_S} s") from None
+    finally:
+        request.unlink(missing_ok=True)
+        result.unlink(missing_ok=True)
+    if "error" in out:
+        raise ExportError(out["error"])
+    return out["info"]
+
+
+def export_encoder(
+    model: nn.Module,
+    path: str | os.PathLike,
+    max_len: int,
+    fixed_length: bool,
+    uses_user: bool,
+    exporters: tuple[str, ...] = EXPORTERS,
+    opset: int = OPSET,
+) -> EncoderInfo:
     """Export ``model.encode`` to ``path`` as a one-file ONNX graph and check it (symbolic dims, ORT parity).
 
     Each exporter in ``exporters`` is tried in its own subprocess until one passes; the model's class
     must be importable there (it is sent by pickle). Raises ExportError listing every attempt's failure.
     """
     path = Path(path)
-    buf = io.BytesIO()
-    torch.save(model.cpu().eval(), buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
     failures = []
     for exporter in exporters:
         try:
-            info = _run_in_child(_export_and_check, buf.getvalue(), str(path), max_len, fixed_length, uses_user,
-                                 exporter, opset)
+            info = _run_in_child(
+                model,
+                path.parent,
+                path=str(path),
+                max_len=max_len,
+                fixed_length=fixed_length,
+                uses_user=uses_user,
+                exporter=exporter,
+                opset=opset,
+            )
             return EncoderInfo(**info)
         except ExportError as e:
-            failures.append(f"{exporter}: {e}")
-        except BrokenProcessPool:
-            failures.append(f"{exporter}: the export process died")
-        except Exception as e:  # the exporters raise many types; keep the last line
-            failures.append(f"{exporter}: {type(e).__name__}: {_last_line(e)}")
+            failures.append(f"{exporter}: {str(e).replace(f'{path}: ', '')}")
     path.unlink(missing_ok=True)
     raise ExportError(f"{path}: no exporter produced a working graph; " + " | ".join(failures))
 
 
 def _last_line(e: BaseException) -> str:
-    text = str(e).strip() or "".join(traceback.format_exception_only(type(e), e)).strip()
+    """The first non-empty line of an exception's message, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip() or "".join(
+        traceback.format_exception_only(type(e), e)
+    )
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return (lines[0] if lines else "")[:300]
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(*sys.argv[1:3]))

@@ -41,8 +41,13 @@ def ensure_pool() -> list[PreparedRequest]:
 
 
 @events.init.add_listener
-def _on_init(environment, **_kwargs) -> None:  # noqa: ANN001 - locust's signature
+def _on_init(environment, **_kwargs) -> None:
     ensure_pool()
+    # Building the pool blocks for a moment; refresh gevent's cached clock, or locust's --run-time timer
+    # (armed right after this event, relative to the stale loop time) fires that much too early.
+    import gevent
+
+    gevent.get_hub().loop.update_now()
 
 
 class RecommendUser(FastHttpUser):
@@ -60,6 +65,9 @@ class RecommendUser(FastHttpUser):
     def recommend(self) -> None:
         req = self._rng.choice(self._pool)
         with self.client.post(req.path, data=req.body, headers=HEADERS, name=req.name, catch_response=True) as resp:
+            if resp.status_code == 0:  # no HTTP answer: connection refused/reset/closed, timeout
+                resp.failure(f"no response: {type(resp.error).__name__}: {resp.error}"[:200])
+                return
             if resp.status_code != 200:
                 body = (resp.text or "")[:200] if resp.content else ""
                 resp.failure(f"HTTP {resp.status_code} {body}")

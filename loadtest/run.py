@@ -28,13 +28,14 @@ from urllib.parse import urlsplit
 from loadtest.report import (
     LocustStats,
     ResourceSampler,
+    fetch_text,
+    find_listening_pids,
     format_summary,
     read_locust_failures,
     read_locust_stats,
     require_loopback,
     summarise_resources,
     wait_ready,
-    find_listening_pids,
 )
 from loadtest.traffic import TrafficConfig
 
@@ -69,7 +70,7 @@ def run_locust(
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-        "-u", str(users), "-r", str(spawn_rate or users), "-t", f"{int(round(duration_s))}s",
+        "-u", str(users), "-r", str(spawn_rate or users), "-t", f"{round(duration_s)}s",
         "--host", url, "--csv", str(csv_prefix), "--stop-timeout", "5", "--loglevel", "WARNING",
         "--exit-code-on-error", "0",
     ]
@@ -81,9 +82,23 @@ def run_locust(
     # Locust itself should not fight the server for threads.
     env.setdefault("OMP_NUM_THREADS", "1")
     out = subprocess.DEVNULL if quiet else None
-    subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.PIPE if quiet else None,
-                   timeout=duration_s + 90, check=False, cwd=Path(__file__).resolve().parent.parent)
-    return read_locust_stats(csv_prefix)
+    proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.PIPE if quiet else None,
+                          timeout=duration_s + 90, check=False, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        return read_locust_stats(csv_prefix)
+    except (OSError, ValueError) as e:
+        err = (proc.stderr or b"").decode(errors="replace")[-1500:] if quiet else ""
+        raise RuntimeError(f"locust exited {proc.returncode} without usable stats ({e}); {err}") from None
+
+
+def server_dataset(url: str) -> tuple[str | None, int | None]:
+    """(dataset name, item count) of the model the server answers with, from ``GET /model`` (None: unknown)."""
+    text = fetch_text(url + "/model", timeout=5)
+    try:
+        model = json.loads(text or "null")["model"]
+        return model["dataset"]["name"], int(model["items"]["count"])
+    except (TypeError, KeyError, ValueError):
+        return None, None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show locust's own output")
     g = p.add_argument_group("traffic (defaults from SSI_LOADTEST_* env vars, else loadtest.traffic.TrafficConfig)")
     base = TrafficConfig.from_env()
-    g.add_argument("--dataset", default=base.dataset, help="dataset whose test histories make the requests")
+    g.add_argument("--dataset", default=os.environ.get("SSI_LOADTEST_DATASET"),
+                   help="dataset whose test histories make the requests (default: the one the server's model "
+                        f"was trained on, from GET /model; else {base.dataset})")
     g.add_argument("--data-dir", default=base.data_dir, help="data folder (default $SSI_DATA_DIR, else ./data)")
     g.add_argument("--k", type=int, default=base.k, help="items per answer")
     g.add_argument("--anonymous-share", type=float, default=base.anonymous_share, help="share without user_id")
@@ -143,9 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: need 0 < duration <= {MAX_DURATION_S}, 1 <= users <= {MAX_USERS}, 0 <= rate <= {MAX_RATE}",
               file=sys.stderr)
         return 2
+    if not wait_ready(url, args.wait_ready, args.ready_path):
+        print(f"error: {url}{args.ready_path} did not answer 200 within {args.wait_ready:.0f} s", file=sys.stderr)
+        return 2
+    served_name, served_items = server_dataset(url)
+    dataset = args.dataset or served_name or TrafficConfig().dataset
     try:
         traffic = replace(
-            TrafficConfig.from_env(), dataset=args.dataset, data_dir=args.data_dir, k=args.k,
+            TrafficConfig.from_env(), dataset=dataset, data_dir=args.data_dir, k=args.k,
             anonymous_share=args.anonymous_share, exclude_seen_share=args.exclude_seen_share,
             candidates_share=args.candidates_share, batch_share=args.batch_share, batch_size=args.batch_size,
             max_history=args.max_history, check=args.check, seed=args.seed,
@@ -156,10 +178,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or Path("artifacts/loadtest") / time.strftime("%Y%m%dT%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    if served_items is not None:
+        try:
+            from protocol import load_dataset
 
-    if not wait_ready(url, args.wait_ready, args.ready_path):
-        print(f"error: {url}{args.ready_path} did not answer 200 within {args.wait_ready:.0f} s", file=sys.stderr)
-        return 2
+            n = load_dataset(traffic.dataset, traffic.data_dir).num_items
+        except Exception as e:  # noqa: BLE001 - reported, and locust will fail the same way
+            print(f"error: cannot load dataset {traffic.dataset!r}: {e}", file=sys.stderr)
+            return 2
+        if n != served_items:
+            print(f"warning: the server's model has {served_items} items but dataset {traffic.dataset!r} has {n}; "
+                  "answers will be checked against the dataset's ids", file=sys.stderr)
     port = urlsplit(url).port or (443 if url.startswith("https") else 80)
     pids = [args.server_pid] if args.server_pid else find_listening_pids(port)
     sampler = ResourceSampler(pids or None, url + "/metrics", interval=interval).start()
@@ -167,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = run_locust(url, users, duration, traffic, out / "locust", html=out / "report.html",
                            spawn_rate=args.spawn_rate, quiet=not args.verbose)
-    except (subprocess.TimeoutExpired, FileNotFoundError, ValueError) as e:
+    except (subprocess.TimeoutExpired, FileNotFoundError, ValueError, RuntimeError) as e:
         sampler.stop()
         print(f"error: locust run failed: {e}", file=sys.stderr)
         return 2
@@ -176,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - t0
     with open(out / "resources.csv", "w") as fh:
         fh.write("t_s,rss_bytes,cpu_seconds\n")
-        for s in samples:
-            fh.write(f"{s.t:.2f},{s.rss_bytes:.0f},{s.cpu_seconds:.3f}\n")
+        fh.writelines(f"{s.t:.2f},{s.rss_bytes:.0f},{s.cpu_seconds:.3f}\n" for s in samples)
     res = summarise_resources(samples, sampler.source)
     agg = stats["Aggregated"]
     extra: dict[str, str] = {"mode": "soak" if args.soak else ("fixed rate" if rate else "closed loop")}
@@ -194,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         slope_txt = f"{res.rss_slope_mib_per_hour:+.1f}" if res else "n/a"
         verdict = (f"SOAK {'PASS' if ok else 'FAIL'}: failures {agg.failures} (need 0), RSS slope {slope_txt} MiB/h "
                    f"(need |slope| <= {args.rss_slope_limit})")
-    text = format_summary(url, wall, users, stats, res, read_locust_failures(out / "locust"), extra, verdict)
+    extra["wall time"] = f"{wall:.0f} s (locust start and stop included)"
+    text = format_summary(url, duration, users, stats, res, read_locust_failures(out / "locust"), extra, verdict)
     (out / "summary.txt").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps({
         "url": url, "duration_s": wall, "users": users, "rate": rate, "soak": args.soak, "pass": ok,

@@ -16,6 +16,7 @@ Configuration comes from environment variables (so that locust's worker processe
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -41,6 +42,10 @@ class TrafficConfig:
     exclude_seen_share: float = 0.5
     candidates_share: float = 0.1
     batch_share: float = 0.05
+    #: Share of cold-start requests (empty history: the popularity fallback answers).
+    cold_share: float = 0.02
+    #: Share of requests carrying one unknown item id with ``unknown_items="ignore"``.
+    unknown_share: float = 0.02
     batch_size: int = 8
     num_candidates: int = 100
     max_history: int = 200
@@ -52,7 +57,8 @@ class TrafficConfig:
     check: str = "full"
 
     def __post_init__(self) -> None:
-        for name in ("anonymous_share", "exclude_seen_share", "candidates_share", "batch_share"):
+        for name in ("anonymous_share", "exclude_seen_share", "candidates_share", "batch_share", "cold_share",
+                     "unknown_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -107,6 +113,10 @@ class Expectation:
     excluded: frozenset[int] = frozenset()
     #: When the request restricts the answer to candidates: the allowed items.
     candidates: frozenset[int] | None = None
+    #: Empty history: the answer must be the popularity fallback.
+    fallback: bool = False
+    #: With ``unknown_items="ignore"``: how many ids the answer must report as dropped.
+    dropped_unknown: int | None = None
 
     @property
     def expected_len(self) -> int:
@@ -138,7 +148,7 @@ def sample_length(rng: random.Random, available: int, max_history: int) -> int:
     hi = max(1, min(available, max_history))
     if hi == 1:
         return 1
-    return max(1, min(hi, int(round(math.exp(rng.uniform(0.0, math.log(hi)))))))
+    return max(1, min(hi, round(math.exp(rng.uniform(0.0, math.log(hi))))))
 
 
 def build_single(
@@ -149,13 +159,24 @@ def build_single(
     cfg: TrafficConfig,
     num_items: int,
 ) -> tuple[dict, Expectation]:
-    """One ``/recommend`` payload from a user's history, and what its answer must satisfy."""
-    n = sample_length(rng, len(history), cfg.max_history)
-    hist = [int(i) for i in history[-n:]]
+    """One ``/recommend`` payload from a user's history, and what its answer must satisfy.
+
+    ``user_id`` is the model's user index (dataset row + 1); it is sent unless the request is anonymous.
+    """
+    if rng.random() < cfg.cold_share:
+        hist: list[int] = []
+    else:
+        n = sample_length(rng, len(history), cfg.max_history)
+        hist = [int(i) for i in history[-n:]]
     exclude_seen = rng.random() < cfg.exclude_seen_share
     payload: dict[str, Any] = {"history": hist, "k": cfg.k, "exclude_seen": exclude_seen}
     if user_id is not None and rng.random() >= cfg.anonymous_share:
         payload["user_id"] = int(user_id)
+    dropped: int | None = None
+    if hist and rng.random() < cfg.unknown_share:
+        payload["history"] = hist + [num_items + 1 + rng.randint(0, 10**6)]
+        payload["unknown_items"] = "ignore"
+        dropped = 1
     candidates: frozenset[int] | None = None
     if rng.random() < cfg.candidates_share:
         c = min(cfg.num_candidates, num_items)
@@ -169,7 +190,8 @@ def build_single(
         payload["candidates"] = cand_list
         candidates = frozenset(cand_list)
     excluded = frozenset(hist) if exclude_seen else frozenset()
-    return payload, Expectation(k=cfg.k, num_items=num_items, excluded=excluded, candidates=candidates)
+    return payload, Expectation(k=cfg.k, num_items=num_items, excluded=excluded, candidates=candidates,
+                                fallback=not hist, dropped_unknown=dropped)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -219,7 +241,7 @@ def build_pool_from_histories(
 def build_pool(cfg: TrafficConfig) -> tuple[list[PreparedRequest], int]:
     """Load ``cfg.dataset`` and build the request pool from its ``cfg.split`` inputs.
 
-    Returns the pool and the dataset's number of items. User ids sent are the raw ids of the file.
+    Returns the pool and the dataset's number of items. User ids sent are model user indices (row + 1).
     """
     from protocol import eval_examples, load_dataset
 
@@ -227,7 +249,7 @@ def build_pool(cfg: TrafficConfig) -> tuple[list[PreparedRequest], int]:
     inputs, targets = eval_examples(ds, cfg.split)  # type: ignore[arg-type]
     histories = [s.tolist() for s in inputs]
     pool = build_pool_from_histories(
-        histories, [int(u) for u in ds.users], [int(t) for t in targets], ds.num_items, cfg
+        histories, list(range(1, ds.num_users + 1)), [int(t) for t in targets], ds.num_items, cfg
     )
     return pool, ds.num_items
 
@@ -253,12 +275,16 @@ def check_recommendation(exp: Expectation, rec: Any, check: str = "full") -> str
     for s in scores:
         if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
             return "a score is not a finite number"
-    for a, b in zip(scores, scores[1:]):
+    for a, b in itertools.pairwise(scores):
         if b > a + 1e-5 * max(1.0, abs(a)):
             return "scores not sorted in decreasing order"
     for i in items:
         if not isinstance(i, int) or isinstance(i, bool):
             return "an item id is not an integer"
+    if rec.get("fallback") is not exp.fallback:
+        return f"fallback is {rec.get('fallback')}, expected {exp.fallback}"
+    if exp.dropped_unknown is not None and rec.get("dropped_unknown") != exp.dropped_unknown:
+        return f"dropped_unknown is {rec.get('dropped_unknown')!r}, expected {exp.dropped_unknown}"
     if check == "shape":
         return None
     if len(set(items)) != len(items):

@@ -32,11 +32,14 @@ from torch import nn
 # name -> size fields; num_items always comes from the data (pass it as an override).
 PRESETS: dict[str, dict[str, Any]] = {
     # seconds on any machine: for tests and wiring checks.
-    "smoke": dict(max_len=20, dim=16, n_layers=1, n_heads=2, ffn_dim=32, dropout=0.1, attn_dropout=0.1),
+    "smoke": {"max_len": 20, "dim": 16, "n_layers": 1, "n_heads": 2, "ffn_dim": 32, "dropout": 0.1,
+              "attn_dropout": 0.1},
     # trains a Beauty teacher to convergence within ~20 min on 2 CPU cores.
-    "cpu": dict(max_len=50, dim=64, n_layers=2, n_heads=2, ffn_dim=256, dropout=0.2, attn_dropout=0.2),
+    "cpu": {"max_len": 50, "dim": 64, "n_layers": 2, "n_heads": 2, "ffn_dim": 256, "dropout": 0.2,
+            "attn_dropout": 0.2},
     # SSI / BERT4Rec paper size: a GPU job.
-    "paper": dict(max_len=50, dim=256, n_layers=8, n_heads=4, ffn_dim=1024, dropout=0.1, attn_dropout=0.1),
+    "paper": {"max_len": 50, "dim": 256, "n_layers": 8, "n_heads": 4, "ffn_dim": 1024, "dropout": 0.1,
+              "attn_dropout": 0.1},
 }
 
 
@@ -150,7 +153,7 @@ class BERT4Rec(nn.Module):
     # ---- encoder ---------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, L, d) of left-padded tokens (B, L), L <= max_len, >= 1 real token a row."""
-        b, length = tokens.shape
+        length = tokens.shape[1]
         if length > self.config.max_len:
             raise ValueError(f"input width {length} exceeds max_len {self.config.max_len}")
         pos = torch.arange(length, device=tokens.device) + (self.config.max_len - length)  # (L,) right-aligned
@@ -193,4 +196,4 @@ class BERT4Rec(nn.Module):
         return f"items={c.num_items}, d={c.dim}, layers={c.n_layers}, heads={c.n_heads}, max_len={c.max_len}"
 
 
-__all__ = ["BERT4Rec", "BERT4RecConfig", "PRESETS"]
+__all__ = ["PRESETS", "BERT4Rec", "BERT4RecConfig"]

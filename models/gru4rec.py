@@ -11,7 +11,7 @@ encoder exports to ONNX with dynamic batch and length (TorchScript exporter, see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -27,26 +27,31 @@ class GRU4RecConfig:
     dropout: float = 0.3  # on the input embeddings
     max_len: int = 50  # history length used in training and evaluation (encode accepts any length)
 
+    def __post_init__(self) -> None:
+        if self.num_items < 1 or self.max_len < 1:
+            raise ValueError(f"GRU4Rec needs num_items >= 1 and max_len >= 1, got {self.num_items}, {self.max_len}")
+
     @classmethod
-    def preset(cls, name: Literal["smoke", "cpu", "paper"], **overrides) -> "GRU4RecConfig":
-        presets = {
-            "smoke": dict(dim=16, hidden=16, dropout=0.1, max_len=20),
-            "cpu": dict(dim=64, hidden=128, dropout=0.3),
-            "paper": dict(dim=64, hidden=128, dropout=0.3),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown GRU4Rec preset {name!r}; expected one of {', '.join(presets)}")
-        base = cls(num_items=0, **presets[name])
-        return replace(base, **overrides)
+    def preset(cls, name: Literal["smoke", "cpu", "paper"], **overrides) -> GRU4RecConfig:
+        """``smoke``: tiny, for tests. ``cpu`` and ``paper``: d=64, hidden 128, dropout 0.3 (RecBole's)."""
+        if name not in ("smoke", "cpu", "paper"):
+            raise ValueError(f"unknown GRU4Rec preset {name!r}; expected smoke, cpu or paper")
+        sizes = {"dim": 16, "hidden": 16, "dropout": 0.1, "max_len": 20} if name == "smoke" else {}
+        return cls(**(sizes | overrides))
+
+
+def _positions(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Column index (B, L), width L (B, 1) and lengths (B, 1), all as tensors so that an ONNX trace
+    keeps the width dynamic (a python ``shape[1]`` would be frozen into the graph)."""
+    ones = torch.ones_like(history)
+    return ones.cumsum(dim=1) - 1, ones.sum(dim=1, keepdim=True), (history > 0).sum(dim=1, keepdim=True)
 
 
 def _right_align(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (B, L) -> (right-padded (B, L), lengths (B,)) with the same real items in order."""
-    lengths = (history > 0).sum(dim=1)  # (B,)
-    L = history.shape[1]
-    pos = torch.ones_like(history).cumsum(dim=1) - 1  # (B, L) 0..L-1, traced with dynamic L
-    src = (pos + (L - lengths).unsqueeze(1)) % L  # real items first, then the leading padding
-    return history.gather(1, src), lengths
+    pos, width, lengths = _positions(history)
+    src = (pos + width - lengths) % width  # real items first, then the leading padding
+    return history.gather(1, src), lengths.squeeze(1)
 
 
 class GRU4Rec(nn.Module):
@@ -105,11 +110,10 @@ class GRU4Rec(nn.Module):
 
         Padding columns are zero. Used for prefix training: one pass scores every prefix.
         """
-        right, lengths = _right_align(history)
+        right, _ = _right_align(history)
         out = self._run(right)  # (B, L, d), real steps first
-        L = history.shape[1]
-        pos = torch.ones_like(history).cumsum(dim=1) - 1  # (B, L)
-        src = (pos - (L - lengths).unsqueeze(1)) % L  # inverse roll: back to left padding
+        pos, width, lengths = _positions(history)
+        src = (pos - width + lengths) % width  # inverse roll: back to left padding
         out = out.gather(1, src.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
         return out * (history > 0).unsqueeze(-1).to(out.dtype)
 

@@ -24,7 +24,7 @@ uses it, so anonymous histories get meaningful scores.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -42,18 +42,20 @@ class HGNConfig:
     num_negatives: int = 3  # sampled negatives per window (BPR)
     user_dropout: float = 0.1  # fraction of training windows that see the unknown user (id 0)
 
+    def __post_init__(self) -> None:
+        if self.num_items < 1 or self.num_users < 0:
+            raise ValueError(f"HGN needs num_items >= 1 and num_users >= 0, got {self.num_items}, {self.num_users}")
+        if self.max_len < 1 or self.targets < 1 or not 0.0 <= self.user_dropout <= 1.0:
+            raise ValueError(f"bad HGN window/targets/user_dropout: {self.max_len}, {self.targets}, {self.user_dropout}")
+
     @classmethod
-    def preset(cls, name: Literal["smoke", "cpu", "paper"], **overrides) -> "HGNConfig":
-        """``smoke``: tiny, for tests. ``cpu`` and ``paper``: the paper's d=50, L=5, T=3."""
-        presets = {
-            "smoke": dict(dim=16, max_len=5, targets=3),
-            "cpu": dict(dim=50, max_len=5, targets=3),
-            "paper": dict(dim=50, max_len=5, targets=3),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown HGN preset {name!r}; expected one of {', '.join(presets)}")
-        base = cls(num_items=0, num_users=0, **presets[name])
-        return replace(base, **overrides)
+    def preset(cls, name: Literal["smoke", "cpu", "paper"], **overrides) -> HGNConfig:
+        """``smoke``: d=16, for tests. ``cpu`` and ``paper``: the paper's d=50, L=5, T=3 (HGN is cheap).
+        ``num_items`` and ``num_users`` come from the data, as overrides."""
+        if name not in ("smoke", "cpu", "paper"):
+            raise ValueError(f"unknown HGN preset {name!r}; expected smoke, cpu or paper")
+        sizes = {"dim": 16} if name == "smoke" else {}
+        return cls(**(sizes | overrides))
 
 
 class FeatureGating(nn.Module):
@@ -172,4 +174,4 @@ class HGN(nn.Module):
         return f"items={c.num_items}, users={c.num_users}, d={c.dim}, L={c.max_len}, T={c.targets}"
 
 
-__all__ = ["HGN", "HGNConfig", "FeatureGating", "InstanceGating"]
+__all__ = ["HGN", "FeatureGating", "HGNConfig", "InstanceGating"]

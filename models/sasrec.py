@@ -40,10 +40,13 @@ from models.bert4rec import Block
 # name -> size fields; num_items always comes from the data (pass it as an override).
 PRESETS: dict[str, dict[str, Any]] = {
     # seconds on any machine: for tests and wiring checks.
-    "smoke": dict(max_len=20, dim=16, n_layers=1, n_heads=2, ffn_dim=32, dropout=0.1, attn_dropout=0.1),
+    "smoke": {"max_len": 20, "dim": 16, "n_layers": 1, "n_heads": 2, "ffn_dim": 32,
+              "dropout": 0.1, "attn_dropout": 0.1},
     # the S3-Rec authors' SASRec on Beauty (d=64, 2 blocks, 2 heads, dropout 0.5); cheap enough for CPU.
-    "cpu": dict(max_len=50, dim=64, n_layers=2, n_heads=2, ffn_dim=256, dropout=0.5, attn_dropout=0.5),
-    "paper": dict(max_len=50, dim=64, n_layers=2, n_heads=2, ffn_dim=256, dropout=0.5, attn_dropout=0.5),
+    "cpu": {"max_len": 50, "dim": 64, "n_layers": 2, "n_heads": 2, "ffn_dim": 256,
+            "dropout": 0.5, "attn_dropout": 0.5},
+    "paper": {"max_len": 50, "dim": 64, "n_layers": 2, "n_heads": 2, "ffn_dim": 256,
+              "dropout": 0.5, "attn_dropout": 0.5},
 }
 
 
@@ -68,12 +71,12 @@ class SASRecConfig:
             raise ValueError(f"max_len must be >= 2, got {self.max_len}")
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "SASRecConfig":
+    def preset(cls, name: str, **overrides: Any) -> SASRecConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
-    def replace(self, **changes: Any) -> "SASRecConfig":
+    def replace(self, **changes: Any) -> SASRecConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -122,7 +125,8 @@ class SASRec(nn.Module):
         length = tokens.shape[1]
         if length > self.config.max_len:
             raise ValueError(f"input width {length} exceeds max_len {self.config.max_len}")
-        pos = torch.arange(length, device=tokens.device) + (self.config.max_len - length)  # (L,) right-aligned
+        # (L,) right-aligned: the last column is always position max_len - 1
+        pos = torch.arange(length, device=tokens.device) + (self.config.max_len - length)
         x = self.drop(self.emb_ln(self.tok_emb(tokens) + self.pos_emb(pos)))  # (B, L, d)
         mask = attention_mask(tokens, causal)  # (B, 1, L, L)
         for block in self.blocks:
@@ -155,4 +159,4 @@ class SASRec(nn.Module):
         return f"items={c.num_items}, d={c.dim}, layers={c.n_layers}, heads={c.n_heads}, max_len={c.max_len}"
 
 
-__all__ = ["SASRec", "SASRecConfig", "PRESETS", "attention_mask"]
+__all__ = ["PRESETS", "SASRec", "SASRecConfig", "attention_mask"]

@@ -47,6 +47,10 @@ def dataset_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     for c in candidates:
         if c and (folder / c).is_file():
             return folder / c
+    if folder.is_dir():  # case-insensitive match on the stem: a run records `tiny` for `Tiny.txt`
+        for p in sorted(folder.glob("*.txt")):
+            if p.stem.lower() == name.lower():
+                return p
     known = sorted(set(DATASET_FILES) | {p.stem for p in folder.glob("*.txt") if not p.stem.endswith("_sample")})
     hint = ""
     if name.lower() in DATASET_FILES:

@@ -274,6 +274,8 @@ def _check_manifest_counts(mpath: Path, manifest: dict[str, Any], items: np.ndar
             raise ArtifactError(f"{mpath}: dimension mismatch: {key}.dim={dim}, items.npy has {d} columns")
     if manifest["encoder"]["max_len"] < 1:
         raise ArtifactError(f"{mpath}: encoder.max_len must be at least 1")
+    if manifest["encoder"].get("uses_user") and not isinstance((manifest.get("dataset") or {}).get("num_users"), int):
+        raise ArtifactError(f"{mpath}: missing key 'dataset.num_users' (needed to check user ids of a user model)")
 
 
 def _check_onnx(fpath: Path, manifest: dict[str, Any], dim: int) -> None:
@@ -284,7 +286,7 @@ def _check_onnx(fpath: Path, manifest: dict[str, Any], dim: int) -> None:
         return
     try:
         model = onnx.load(str(fpath), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and friends
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError and friends
         raise ArtifactError(f"{fpath}: not a readable ONNX model ({type(e).__name__})") from None
     enc = manifest["encoder"]
     inputs = [i.name for i in model.graph.input]

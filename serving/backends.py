@@ -48,7 +48,7 @@ class OrtEncoder:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(artifact.encoder_path), sess_options=opts, providers=providers)
-        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own types (Fail, InvalidGraph, ...)
             raise ArtifactError(f"{artifact.encoder_path}: ONNX Runtime cannot load it ({_short(e)})") from None
         self.providers: list[str] = list(self.session.get_providers())
         self.on_cuda = self.providers[0] == "CUDAExecutionProvider"
@@ -70,7 +70,7 @@ class OrtEncoder:
         """Run once and check the real output shape against the item table (warm-up)."""
         try:
             out = self.encode(history, users)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure here means the graph is unusable
             raise ArtifactError(f"{self.path}: encoder failed on a ({history.shape[0]}, {history.shape[1]}) "
                                 f"batch ({_short(e)})") from None
         if out.shape != (history.shape[0], self.dim):
@@ -267,8 +267,8 @@ def cuda_status() -> dict[str, bool]:
         import faiss
 
         out["faiss_gpu"] = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    except Exception:  # faiss missing or a broken GPU runtime
-        pass
+    except Exception as e:  # noqa: BLE001 - faiss missing or a broken GPU runtime: no faiss GPU
+        log.debug("faiss GPU unavailable: %r", e)
     if not out["faiss_gpu"] and _cuda_driver_present():
         out["torch_cuda"] = _torch_cuda_available()
     return out

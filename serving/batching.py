@@ -14,8 +14,9 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from serving.metrics import ServingMetrics
 
@@ -75,10 +76,13 @@ class MicroBatcher:
         self._thread: threading.Thread | None = None
         self.inference_count = 0  # requests executed
         self.execution_count = 0  # batches executed
+        if metrics is not None:
+            metrics.set_average_batch_size(lambda: self.average_batch_size)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
             self._thread = threading.Thread(target=self._run, name="serving-worker", daemon=True)
             self._thread.start()
 
@@ -179,7 +183,7 @@ class MicroBatcher:
             return
         try:
             fut.set_result(fn())
-        except BaseException as e:  # the job's caller gets the exception
+        except BaseException as e:  # noqa: BLE001 - the job's caller gets the exception
             fut.set_exception(e)
 
     def _run_batch(self, batch: list[_Pending]) -> None:

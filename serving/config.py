@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     # Artifact
     artifact_root: Path = Field(Path("artifacts/serving"), description="folder holding <model>/<version>/ artifacts")
     artifact_path: Path | None = Field(
-        None, description="serve this artifact folder instead of the latest under artifact_root"
+        None, description="serve this artifact folder instead of the latest under artifact_root (reload re-reads it)"
     )
     # Network
     host: str = Field("127.0.0.1", description="interface to bind")
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads (and FAISS/OMP threads)")
     # Dynamic batching (Triton semantics)
     max_batch_size: int = Field(32, ge=1, le=1024, description="largest batch the worker executes")
-    max_queue_delay_ms: float = Field(2.0, ge=0.0, le=10_000.0, description="longest wait of the oldest request")
+    max_queue_delay_ms: float = Field(1.0, ge=0.0, le=10_000.0, description="longest wait of the oldest request")
     max_queue_size: int = Field(1024, ge=1, description="queued requests beyond this get 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="a request waiting longer gets 504")
     # Limits
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     eval_chunk_users: int = Field(0, ge=0, description="users per worker job in /eval (0 = max_batch_size)")
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.api_key is not None and not self.api_key.get_secret_value():
             self.api_key = None  # SSI_API_KEY= (empty) means no key
         return self

@@ -1,10 +1,9 @@
 """Request and response bodies of the HTTP API (they are also the OpenAPI schema at /docs)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
-from typing_extensions import Annotated
 
 from serving.config import MAX_K_LIMIT
 

@@ -120,7 +120,7 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
     if spec.teacher is not None:
         from training.teachers import train_teacher
 
-        over = {"num_layers": run.layers} if run.layers else None
+        over = {"n_layers": run.layers} if run.layers else None
         return train_teacher(spec.teacher, ds, preset, run_dir, seed=run.seed, resume=resume, overrides=over)
     if spec.baseline is not None:
         from training.baselines import train_baseline

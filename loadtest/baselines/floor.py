@@ -1,0 +1,181 @@
+"""The HTTP floor: the same app and request schema as the real server, a fixed answer, no model.
+
+Two modes:
+
+- ``serving`` (the benchmark's floor): the real app, ``serving.app.create_app`` with its middlewares,
+  error handlers, health/metrics routes and lifespan, where ``/recommend`` and ``/recommend/batch`` are
+  replaced by handlers with the same signature, request models and response models that validate the
+  request and answer from a fixed ranking without touching the model, the queue or the index. What this
+  server costs per request is the price of HTTP + validation + JSON in our stack: the floor under ours.
+  Needs an artifact (``SSI_ARTIFACT_PATH``), because the app's lifespan loads one before it is ready.
+- ``standalone``: a minimal FastAPI app with the same request schema and no artifact (for tests and for
+  the JSON/HTTP levers).
+
+The fixed ranking is item 1, 2, 3, ... with fixed decreasing scores; seen items are skipped and candidates
+honoured, so the load generator's checks pass unchanged.
+
+    python -m loadtest.baselines.floor --mode standalone --num-items 3646 --port 8101
+
+Settings for the app factory travel in environment variables (so ``--workers`` > 1 works):
+``SSI_FLOOR_NUM_ITEMS``, ``SSI_FLOOR_MODE``, ``SSI_FLOOR_JSON``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from pydantic import ValidationError
+
+from loadtest.baselines.common import (
+    RecommendBatchRequest,
+    RecommendRequest,
+    add_ops_routes,
+    cli,
+    dedupe,
+    error_response,
+    json_response,
+    serve,
+    split_known,
+    take_ranked,
+)
+
+MODEL = "floor"
+FLOOR_PATHS = ("/recommend", "/recommend/batch")
+
+
+class FixedRanker:
+    """Answers every request from one fixed ranking of ``num_items`` items."""
+
+    def __init__(self, num_items: int, max_k: int = 1000) -> None:
+        if num_items < 1:
+            raise ValueError("num_items must be >= 1")
+        self.num_items = num_items
+        self.order = range(1, num_items + 1)
+        self.scores = [1.0 / (1 + r) for r in range(min(num_items, max_k) + 1)]
+
+    def answer(self, req: RecommendRequest) -> dict[str, Any] | tuple[int, str]:
+        """The answer body, or ``(status, message)`` for a request the real server would refuse."""
+        history, unknown = split_known(req.history, self.num_items)
+        cands: list[int] | None = None
+        if req.candidates is not None:
+            cands, unknown_c = split_known(req.candidates, self.num_items)
+            unknown += unknown_c
+            cands = dedupe(cands)
+        if unknown and req.unknown_items == "error":
+            return 422, f"unknown item ids: {unknown[:10]}"
+        excluded = set(history) if req.exclude_seen else set()
+        items = take_ranked(cands if cands is not None else self.order, req.k, excluded)
+        out: dict[str, Any] = {"items": items, "scores": self.scores[: len(items)], "model": MODEL,
+                               "fallback": not history}
+        if req.unknown_items == "ignore":
+            out["dropped_unknown"] = len(unknown)
+        return out
+
+
+def _standalone_app(ranker: FixedRanker, json_mode: str) -> FastAPI:
+    app = FastAPI(title="HTTP floor (standalone)", docs_url=None, redoc_url=None)
+    add_ops_routes(app, {"name": MODEL, "version": MODEL, "items": ranker.num_items})
+
+    def respond(out: dict[str, Any] | tuple[int, str]) -> Response:
+        if isinstance(out, tuple):
+            return error_response(out[0], "unknown_items", out[1])
+        return json_response(out)
+
+    if json_mode == "orjson":
+        # Parse with pydantic from raw bytes, answer with orjson: the cheapest FastAPI path.
+        @app.post("/recommend")
+        async def recommend(request: Request) -> Response:
+            try:
+                req = RecommendRequest.model_validate_json(await request.body())
+            except ValidationError as e:
+                return error_response(422, "validation_error", str(e.errors()[:3]))
+            return respond(ranker.answer(req))
+
+        @app.post("/recommend/batch")
+        async def recommend_batch(request: Request) -> Response:
+            try:
+                body = RecommendBatchRequest.model_validate_json(await request.body())
+            except ValidationError as e:
+                return error_response(422, "validation_error", str(e.errors()[:3]))
+            outs = [ranker.answer(r) for r in body.requests]
+            bad = next((o for o in outs if isinstance(o, tuple)), None)
+            return respond(bad) if bad else json_response({"results": outs})
+    else:
+        from serving.errors import ServingError
+
+        @app.exception_handler(ServingError)
+        async def serving_error(_: Request, exc: ServingError) -> Response:
+            return json_response(exc.body(), exc.status)
+
+        _add_model_routes(app, ranker)
+    return app
+
+
+def _add_model_routes(app: FastAPI, ranker: FixedRanker) -> None:
+    """The real server's route shapes: FastAPI body models in, response models out."""
+    from serving.errors import ServingError
+    from serving.schemas import RecommendBatchResponse, RecommendResponse
+
+    def one(req: RecommendRequest) -> RecommendResponse:
+        out = ranker.answer(req)
+        if isinstance(out, tuple):
+            raise ServingError(out[0], "invalid_request", out[1])
+        return RecommendResponse(**out)
+
+    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+    async def recommend(req: RecommendRequest) -> RecommendResponse:
+        return one(req)
+
+    @app.post("/recommend/batch", response_model=RecommendBatchResponse, response_model_exclude_none=True)
+    async def recommend_batch(body: RecommendBatchRequest) -> RecommendBatchResponse:
+        return RecommendBatchResponse(results=[one(r) for r in body.requests])
+
+
+def _serving_app(ranker: FixedRanker) -> FastAPI:
+    """The real app with the two recommendation routes swapped for fixed answers."""
+    from serving.app import create_app as create_serving_app
+    from serving.config import Settings
+
+    app = create_serving_app(Settings())
+    n_before = len(app.router.routes)
+    _add_model_routes(app, ranker)
+    # Routes match in list order: move the floor's two routes in front of the app's own routers (FastAPI
+    # may keep included routers as single entries, so the real routes cannot simply be filtered out).
+    added = app.router.routes[n_before:]
+    del app.router.routes[n_before:]
+    app.router.routes[0:0] = added
+    return app
+
+
+def create_app(num_items: int | None = None, mode: str | None = None, json_mode: str | None = None) -> FastAPI:
+    """The floor app (a factory for uvicorn; arguments default to ``SSI_FLOOR_*`` variables)."""
+    n = num_items or int(os.environ.get("SSI_FLOOR_NUM_ITEMS", "1000"))
+    mode = mode or os.environ.get("SSI_FLOOR_MODE", "standalone")
+    json_mode = json_mode or os.environ.get("SSI_FLOOR_JSON", "model")
+    ranker = FixedRanker(n)
+    if mode == "serving":
+        return _serving_app(ranker)
+    if mode == "standalone":
+        return _standalone_app(ranker, json_mode)
+    raise ValueError(f"mode must be 'serving' or 'standalone', got {mode!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = cli("HTTP floor server: the real request schema, a fixed answer, no model (for the benchmark).",
+            "python -m loadtest.baselines.floor")
+    p.add_argument("--num-items", type=int, required=True, help="catalogue size (item ids 1..N)")
+    p.add_argument("--mode", choices=("serving", "standalone"), default="standalone",
+                   help="serving: the real app (needs SSI_ARTIFACT_PATH) with fixed-answer routes; "
+                        "standalone: a minimal app, no artifact")
+    p.add_argument("--json", dest="json_mode", choices=("model", "orjson"), default="model",
+                   help="standalone only: model = FastAPI response models (as the real server); "
+                        "orjson = raw bytes in, orjson out")
+    args = p.parse_args(argv)
+    os.environ.update(SSI_FLOOR_NUM_ITEMS=str(args.num_items), SSI_FLOOR_MODE=args.mode,
+                      SSI_FLOOR_JSON=args.json_mode)
+    serve("loadtest.baselines.floor:create_app", args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,630 @@
+"""The serving benchmark: HTTP floor vs naive torch server vs ours, same machine, same traffic, one run.
+
+    python -m loadtest.bench                                   # builds a smoke model + artifact if needed
+    python -m loadtest.bench --artifact artifacts/serving/hgn/<version> --run-dir artifacts/runs/lastfm/hgn/seed0
+
+Servers (each started and stopped by this script, on a free loopback port, one at a time):
+
+1. ``floor``: the real app and request schema with ``/recommend`` answering a fixed ranking without
+   touching the model (``loadtest.baselines.floor --mode serving``);
+2. ``naive``: FastAPI + the eager torch model + full scoring + argsort per request, no batching
+   (``loadtest.baselines.naive``);
+3. ``ours``: ``python -m serving`` (CPU path: ONNX Runtime + FAISS + dynamic batching).
+
+For each: the highest throughput whose p99 stays <= ``--p99-limit-ms`` (closed-loop locust users stepped
+up: 2, 4, 8, ...), and p50/p99 at a fixed moderate rate. Then the ratios ours/floor and ours/naive, the
+single-request latency breakdown from our server's own Prometheus histograms, and the levers (uvicorn
+workers, HTTP parser, event loop, JSON encoding, batching knobs, ORT/FAISS threads, response size), each
+measured at one fixed user count. Prints a markdown table and writes it (with the raw figures as JSON) to
+``--results`` (default ``loadtest/results/``); locust's files and server logs go to ``--work-dir``.
+
+The load generator shares the machine's cores with the server: every figure includes that contention.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from typing_extensions import Self
+
+from loadtest.report import (
+    Histogram,
+    ResourceSampler,
+    fetch_text,
+    histograms,
+    parse_prometheus,
+    wait_ready,
+)
+from loadtest.run import run_locust
+from loadtest.traffic import TrafficConfig, build_pool
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+# ------------------------------------------------------------------------------------ servers
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerSpec:
+    """How to start one server under test."""
+
+    name: str
+    label: str
+    cmd: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port_arg: str | None = "--port"  # None: the port goes in SSI_PORT
+
+
+class ManagedServer:
+    """A server process started here and always stopped here (its own process group, SIGTERM then SIGKILL)."""
+
+    def __init__(self, spec: ServerSpec, log_dir: Path, ready_timeout: float = 180.0) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"server-{spec.name}.log"
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+        self.startup_s = math.nan
+
+    def __enter__(self) -> Self:
+        cmd = list(self.spec.cmd)
+        env = {**os.environ, **self.spec.env, "SSI_HOST": "127.0.0.1", "SSI_PORT": str(self.port)}
+        if self.spec.port_arg:
+            cmd += [self.spec.port_arg, str(self.port)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        self._log = log
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        if not wait_ready(self.url, self.ready_timeout, proc_alive=lambda: self.proc.poll() is None):
+            self.__exit__(None, None, None)
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"server {self.spec.name} did not become ready ({' '.join(cmd)}):\n{tail}")
+        self.startup_s = time.monotonic() - t0
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __exit__(self, *exc: object) -> None:
+        p = self.proc
+        if p is not None and p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)  # our own group only (start_new_session)
+                p.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(timeout=10)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+@dataclass
+class Step:
+    """One locust run against one server."""
+
+    users: int
+    rate: float  # target total req/s (0 = closed loop)
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    p999_ms: float
+    requests: int
+    failures: int
+    server_cpu: float  # cores used by the server process tree
+    machine_cpu: float  # whole-machine busy share, 0..1 (server + load generator + neighbours)
+
+    def ok(self, p99_limit: float) -> bool:
+        return self.failures == 0 and self.requests > 0 and self.p99_ms <= p99_limit
+
+
+def measure(server: ManagedServer, users: int, seconds: float, traffic: TrafficConfig, prefix: Path,
+            rate: float = 0.0) -> Step:
+    """One bounded locust run (closed loop, or a fixed total ``rate``) with server and machine CPU."""
+    import psutil
+
+    t = replace(traffic, rate_per_user=rate / users if rate > 0 else 0.0)
+    sampler = ResourceSampler([server.pid], None, interval=0.5).start()
+    psutil.cpu_percent(interval=None)
+    stats = run_locust(server.url, users, seconds, t, prefix)
+    machine = psutil.cpu_percent(interval=None) / 100.0
+    samples = sampler.stop()
+    cpu = math.nan
+    if len(samples) >= 2 and samples[-1].t > samples[0].t:
+        cpu = (samples[-1].cpu_seconds - samples[0].cpu_seconds) / (samples[-1].t - samples[0].t)
+    a = stats["Aggregated"]
+    return Step(users, rate, a.rps, a.p50_ms, a.p95_ms, a.p99_ms, a.p999_ms, a.requests, a.failures, cpu, machine)
+
+
+def step_users(server: ManagedServer, traffic: TrafficConfig, users: list[int], seconds: float,
+               p99_limit: float, prefix: Path, log: Any) -> tuple[list[Step], Step | None]:
+    """Step the closed-loop user count up; stop after two steps in a row over the p99 limit."""
+    steps: list[Step] = []
+    over = 0
+    for u in users:
+        s = measure(server, u, seconds, traffic, prefix.with_name(f"{prefix.name}-u{u}"))
+        steps.append(s)
+        log(f"    users {u:>3}: {s.rps:7.0f} req/s  p50 {s.p50_ms:4.0f} ms  p99 {s.p99_ms:4.0f} ms  "
+            f"fail {s.failures}  server CPU {s.server_cpu:.2f}  machine {s.machine_cpu:.0%}")
+        over = 0 if s.ok(p99_limit) else over + 1
+        if over >= 2:
+            break
+    passing = [s for s in steps if s.ok(p99_limit)]
+    return steps, max(passing, key=lambda s: s.rps) if passing else None
+
+
+# ------------------------------------------------------------------------ latency breakdown
+
+STAGES = [  # (label, candidate histogram names)
+    ("parse", ("ssi_parse_seconds",)),
+    ("queue", ("ssi_queue_seconds",)),
+    ("encode", ("ssi_encode_seconds",)),
+    ("search", ("ssi_search_seconds",)),
+    ("serialise", ("ssi_serialize_seconds", "ssi_serialise_seconds")),
+]
+
+
+def _scrape(url: str) -> dict:
+    text = fetch_text(url + "/metrics", timeout=5)
+    return parse_prometheus(text) if text else {}
+
+
+def _delta(after: dict, before: dict, name: str, **labels: str) -> Histogram | None:
+    h = histograms(after, **labels).get(name)
+    return h.minus(histograms(before, **labels).get(name)) if h is not None else None
+
+
+def latency_breakdown(server: ManagedServer, traffic: TrafficConfig, n: int,
+                      endpoint: str = "/recommend") -> dict[str, Any]:
+    """Sequential single requests (so every executed batch has size 1) over one keep-alive connection;
+    per-stage times are the differences of the server's Prometheus histograms before and after.
+
+    Stages the server has no histogram for are reported together as the rest of the server's own
+    ``/recommend`` time (``ssi_request_seconds``)."""
+    plain = replace(traffic, cold_share=0.0, candidates_share=0.0, batch_share=0.0, unknown_share=0.0,
+                    pool_size=max(n, 50))
+    pool, _ = build_pool(plain)
+    before = _scrape(server.url)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    rtts: list[float] = []
+    failures = 0
+    try:
+        for req in pool[:n]:
+            t0 = time.perf_counter()
+            conn.request("POST", req.path, body=req.body, headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            rtts.append(time.perf_counter() - t0)
+            failures += resp.status != 200
+    finally:
+        conn.close()
+    after = _scrape(server.url)
+    rtts.sort()
+    out: dict[str, Any] = {
+        "requests": n, "failures": failures, "stages": {},
+        "client_rtt_p50_us": 1e6 * rtts[len(rtts) // 2] if rtts else math.nan,
+        "client_rtt_p99_us": 1e6 * rtts[min(len(rtts) - 1, int(0.99 * len(rtts)))] if rtts else math.nan,
+    }
+    for label, names in STAGES:
+        for name in names:
+            h = _delta(after, before, name)
+            if h is not None and h.count:
+                out["stages"][label] = {"mean_us": 1e6 * h.mean, "p50_us": 1e6 * h.quantile(0.5), "count": h.count}
+                break
+    tot = _delta(after, before, "ssi_request_seconds", endpoint=endpoint)
+    if tot is not None and tot.count:
+        out["server_total"] = {"mean_us": 1e6 * tot.mean, "p50_us": 1e6 * tot.quantile(0.5), "count": tot.count}
+        parts = sum(v["mean_us"] for v in out["stages"].values())
+        out["rest"] = {"mean_us": out["server_total"]["mean_us"] - parts,
+                       "covers": [label for label, _ in STAGES if label not in out["stages"]]}
+    return out
+
+
+# ---------------------------------------------------------------------------------- artifact
+
+def resolve_artifact(path: Path) -> Path:
+    """An artifact folder, or a root holding ``latest`` -> the folder it names."""
+    if (path / "manifest.json").is_file():
+        return path
+    latest = path / "latest"
+    if latest.is_file():
+        return path / latest.read_text().strip()
+    raise SystemExit(f"error: {path} is neither an artifact folder (manifest.json) nor a root with 'latest'")
+
+
+def build_quick_artifact(work: Path, dataset: str, model: str, how: str, log: Any) -> tuple[Path, Path]:
+    """A run + artifact for the benchmark, reused when already built in ``work``.
+
+    ``how="smoke"``: train with ``training/run_all.py --preset smoke`` (minutes to tens of minutes on a busy
+    2-core machine); ``how="untrained"``: the model's ``cpu``-preset sizes with initial weights
+    (``loadtest.baselines.untrained_run``, seconds). Serving cost depends on sizes, not on weight values.
+    Then ``python -m export <run-dir>``.
+    """
+    runs, serving_root = work / f"runs-{how}", work / f"serving-{how}"
+    run_dir = runs / dataset / model / "seed0"
+    if not (run_dir / "metrics.json").is_file():
+        if how == "smoke":
+            cmd = [PY, "training/run_all.py", "--preset", "smoke", "--datasets", dataset, "--models", model,
+                   "--seeds", "0", "--out", str(runs), "--no-export"]
+        else:
+            cmd = [PY, "-m", "loadtest.baselines.untrained_run", "--dataset", dataset, "--model", model,
+                   "--out", str(runs)]
+        log(f"  building a {how} model: {' '.join(cmd)}")
+        r = subprocess.run(cmd, check=False, cwd=ROOT, timeout=3600, capture_output=True, text=True)
+        if r.returncode != 0 or not (run_dir / "metrics.json").is_file():
+            raise SystemExit(f"error: building the {how} model failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    try:
+        return resolve_artifact(serving_root), run_dir
+    except SystemExit:
+        pass
+    cmd = [PY, "-m", "export", str(run_dir), "--out", str(serving_root)]
+    log(f"  exporting: {' '.join(cmd)}")
+    r = subprocess.run(cmd, check=False, cwd=ROOT, timeout=900, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"error: export failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    return resolve_artifact(serving_root), run_dir
+
+
+# -------------------------------------------------------------------------------------- report
+
+def _f(v: float, fmt: str = "{:.0f}") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def cpu_per_request_us(step: dict[str, Any] | None) -> float:
+    """Server CPU time per answered request (us): less sensitive to a noisy neighbour than latency."""
+    if not step or not step.get("rps") or not step.get("requests"):
+        return math.nan
+    return 1e6 * step["server_cpu"] / step["rps"]
+
+
+def compute_ratios(servers: list[dict[str, Any]]) -> dict[str, float]:
+    """ours/floor and ours/naive: max throughput at the p99 limit, peak throughput, CPU efficiency."""
+    by = {s["name"]: s for s in servers if not s.get("error")}
+    out: dict[str, float] = {}
+
+    def peak(s: dict[str, Any]) -> float:
+        return max((x["rps"] for x in s["steps"] if not x["failures"]), default=math.nan)
+
+    ours = by.get("ours")
+    if ours is None:
+        return out
+    for other in ("floor", "naive"):
+        o = by.get(other)
+        if o is None:
+            continue
+        if ours.get("best") and o.get("best"):
+            out[f"ours_over_{other}"] = ours["best"]["rps"] / o["best"]["rps"]
+        if ours["steps"] and o["steps"]:
+            out[f"peak_ours_over_{other}"] = peak(ours) / peak(o)
+        mine, theirs = cpu_per_request_us(ours.get("moderate")), cpu_per_request_us(o.get("moderate"))
+        if not (math.isnan(mine) or math.isnan(theirs)) and mine > 0:
+            out[f"cpu_ours_vs_{other}"] = theirs / mine
+    return out
+
+
+def render_markdown(res: dict[str, Any]) -> str:
+    """The benchmark's markdown report."""
+    c = res["config"]
+    lines = [
+        f"# Serving benchmark ({res['started']})",
+        "",
+        (f"Machine: {c['cpus']} CPU cores shared by the server and the load generator (locust, 1 process); "
+        f"artifact `{c['artifact_name']}` ({c['model']}, {c['num_items']} items, dim {c['dim']}), "
+        f"traffic from `{c['dataset']}` test histories (k={c['k']}, anonymous {c['anonymous_share']:.0%}, "
+        f"exclude_seen {c['exclude_seen_share']:.0%}, candidates {c['candidates_share']:.0%}, "
+        f"batch {c['batch_share']:.0%} x{c['batch_size']}, cold {c['cold_share']:.0%}); every answer checked. "
+        f"Steps of {c['step_seconds']:.0f} s; p99 limit {c['p99_limit_ms']:.0f} ms; "
+        f"moderate load {c['moderate_rate']:.0f} req/s for {c['moderate_seconds']:.0f} s."),
+        "",
+        (f"| server | max req/s at p99 <= {c['p99_limit_ms']:.0f} ms | users | p50 / p99 there (ms) | "
+         f"peak req/s (any p99) | p50 / p99 at {c['moderate_rate']:.0f} req/s (ms) | server CPU per request at "
+         f"{c['moderate_rate']:.0f} req/s (us) | failures |"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in res["servers"]:
+        b, m = s.get("best"), s.get("moderate")
+        if s.get("error"):
+            lines.append(f"| {s['label']} | error: {s['error'][:80]} | | | | | | |")
+            continue
+        fails = sum(x["failures"] for x in s["steps"]) + (m["failures"] if m else 0)
+        peak = max((x["rps"] for x in s["steps"] if not x["failures"]), default=math.nan)
+        lines.append(
+            f"| {s['label']} | {_f(b['rps']) if b else 'none'} | {b['users'] if b else '-'} | "
+            f"{_f(b['p50_ms']) if b else '-'} / {_f(b['p99_ms']) if b else '-'} | {_f(peak)} | "
+            f"{_f(m['p50_ms']) if m else '-'} / {_f(m['p99_ms']) if m else '-'} | "
+            f"{_f(cpu_per_request_us(m)) if m else '-'} | {fails} |")
+    r = res.get("ratios", {})
+    lines += ["", "| ratio | ours / floor | ours / naive |", "|---|---|---|",
+              (f"| max throughput at the p99 limit (targets: >= 0.8, >= 2) | {_f(r.get('ours_over_floor'), '{:.2f}')} | "
+              f"{_f(r.get('ours_over_naive'), '{:.2f}')} |"),
+              (f"| peak throughput, any p99 | {_f(r.get('peak_ours_over_floor'), '{:.2f}')} | "
+              f"{_f(r.get('peak_ours_over_naive'), '{:.2f}')} |"),
+              (f"| server CPU efficiency (its CPU per request / ours) | {_f(r.get('cpu_ours_vs_floor'), '{:.2f}')} | "
+              f"{_f(r.get('cpu_ours_vs_naive'), '{:.2f}')} |")]
+    bd = res.get("breakdown")
+    if bd:
+        lines += ["", (f"Single-request latency breakdown (ours, {bd['requests']} sequential requests, batch size 1, "
+                      "from the server's Prometheus histograms; p50 interpolated within buckets):"), "",
+                  "| stage | mean (us) | p50 (us) |", "|---|---|---|"]
+        for label, v in bd["stages"].items():
+            lines.append(f"| {label} | {_f(v['mean_us'])} | {_f(v['p50_us'])} |")
+        if "rest" in bd:
+            cov = " + ".join(bd["rest"]["covers"] + ["routing/validation"]) if bd["rest"]["covers"] else "routing"
+            lines.append(f"| rest of the server time ({cov}) | {_f(bd['rest']['mean_us'])} | |")
+        if "server_total" in bd:
+            lines.append(f"| server total (/recommend, middleware to response) | {_f(bd['server_total']['mean_us'])} | "
+                         f"{_f(bd['server_total']['p50_us'])} |")
+        lines.append(f"| client round trip (loopback, keep-alive) | | {_f(bd['client_rtt_p50_us'])} (p99 "
+                     f"{_f(bd['client_rtt_p99_us'])}) |")
+    lev = res.get("levers")
+    if lev:
+        lines += ["", (f"Levers (each at {lev['users']} closed-loop users for {c['lever_seconds']:.0f} s; "
+                      "relative to the default measured in the same series):"), "",
+                  "| lever | setting | req/s | p50 / p99 (ms) | server CPU | vs default |", "|---|---|---|---|---|---|"]
+        for x in lev["rows"]:
+            if x.get("error"):
+                lines.append(f"| {x['lever']} | {x['setting']} | {x['error'][:60]} | | | |")
+                continue
+            lines.append(f"| {x['lever']} | {x['setting']} | {_f(x['rps'])} | {_f(x['p50_ms'])} / {_f(x['p99_ms'])} | "
+                         f"{_f(x['server_cpu'], '{:.2f}')} | {_f(x.get('relative'), '{:.2f}x')} |")
+    if res.get("notes"):
+        lines += ["", *[f"- {n}" for n in res["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", type=Path, default=None,
+                   help="artifact folder (or a root with 'latest'); default: build a smoke one in --work-dir")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="training run the artifact came from (naive server); default: the manifest's source")
+    p.add_argument("--dataset", default=None, help="traffic dataset (default: the artifact's)")
+    p.add_argument("--data-dir", default=None, help="data folder (default $SSI_DATA_DIR, else ../shared/data or ./data)")
+    p.add_argument("--build", choices=("untrained", "smoke"), default="untrained",
+                   help="without --artifact: 'untrained' = cpu-preset sizes, initial weights (seconds); "
+                        "'smoke' = training/run_all.py --preset smoke (slow); either is exported and reused")
+    p.add_argument("--build-model", default="hgn", help="model to build when no --artifact is given")
+    p.add_argument("--build-dataset", default="lastfm", help="dataset to build on when no --artifact is given")
+    p.add_argument("--work-dir", type=Path, default=Path("artifacts/bench"),
+                   help="smoke model, locust files and server logs")
+    p.add_argument("--results", type=Path, default=Path("loadtest/results"), help="where the markdown/JSON go")
+    p.add_argument("--servers", default="floor,naive,ours", help="comma list of floor, naive, ours")
+    p.add_argument("--users", default="2,4,8,16,32,64", help="closed-loop user steps")
+    p.add_argument("--step-seconds", type=float, default=8.0, help="seconds per step")
+    p.add_argument("--p99-limit-ms", type=float, default=50.0, help="p99 limit for the max throughput")
+    p.add_argument("--moderate-rate", type=float, default=200.0, help="fixed total req/s of the moderate load")
+    p.add_argument("--moderate-users", type=int, default=20, help="users sharing the moderate rate")
+    p.add_argument("--moderate-seconds", type=float, default=12.0, help="seconds of moderate load")
+    p.add_argument("--breakdown-requests", type=int, default=300, help="sequential requests for the breakdown")
+    p.add_argument("--no-levers", action="store_true", help="skip the levers")
+    p.add_argument("--lever-seconds", type=float, default=8.0, help="seconds per lever")
+    p.add_argument("--lever-users", type=int, default=16,
+                   help="closed-loop users for the levers (enough concurrency for batching to matter)")
+    p.add_argument("--time-budget", type=float, default=500.0,
+                   help="seconds; levers still pending past this are skipped (the whole run stays < 10 min)")
+    p.add_argument("--k", type=int, default=10, help="items per answer")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t_start = time.monotonic()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    work = args.work_dir if args.work_dir.is_absolute() else ROOT / args.work_dir
+    raw = work / stamp
+    raw.mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("SSI_DATA_DIR") and args.data_dir is None:
+        shared = ROOT.parent / "shared" / "data"
+        if shared.is_dir():
+            os.environ["SSI_DATA_DIR"] = str(shared)
+    if args.data_dir:
+        os.environ["SSI_DATA_DIR"] = str(Path(args.data_dir).resolve())
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", flush=True)
+
+    notes: list[str] = []
+    load_start = os.getloadavg()
+    if args.artifact is None:
+        artifact, run_dir = build_quick_artifact(work, args.build_dataset, args.build_model, args.build, log)
+    else:
+        artifact = resolve_artifact(args.artifact.resolve())
+        run_dir = args.run_dir
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    if run_dir is None:
+        src = (manifest.get("source") or {}).get("run_dir")
+        run_dir = Path(src) if src and Path(src).is_dir() else None
+    dataset = args.dataset or manifest["dataset"]["name"]
+    num_items = int(manifest["items"]["count"])
+    traffic = replace(TrafficConfig.from_env(), dataset=dataset, data_dir=os.environ.get("SSI_DATA_DIR"), k=args.k)
+    build_pool(replace(traffic, pool_size=10))  # fail early on a missing dataset
+    log(f"artifact {artifact} ({manifest['model']['name']}, {num_items} items), run dir {run_dir}, traffic {dataset}")
+
+    base_env = {"SSI_ARTIFACT_PATH": str(artifact), "SSI_LOG_LEVEL": "warning"}
+    specs = {
+        "floor": ServerSpec("floor", "HTTP floor (same app, fixed answer)",
+                            [PY, "-m", "loadtest.baselines.floor", "--mode", "serving", "--num-items", str(num_items)],
+                            base_env),
+        "naive": ServerSpec("naive", "naive (FastAPI + torch eager + argsort)",
+                            [PY, "-m", "loadtest.baselines.naive", "--run-dir", str(run_dir)], {}),
+        "ours": ServerSpec("ours", "ours (python -m serving, CPU)", [PY, "-m", "serving"], base_env, port_arg=None),
+    }
+    users = [int(u) for u in args.users.split(",") if u.strip()]
+    results: dict[str, Any] = {"started": started, "servers": [], "notes": notes}
+    results["config"] = {
+        "cpus": os.cpu_count(), "artifact": str(artifact), "artifact_name": f"{manifest['model']['name']}/"
+        f"{manifest['model'].get('version', '?')}", "model": manifest["model"]["name"], "num_items": num_items,
+        "dim": manifest["items"].get("dim"), "dataset": dataset, "step_seconds": args.step_seconds,
+        "p99_limit_ms": args.p99_limit_ms, "moderate_rate": args.moderate_rate,
+        "moderate_seconds": args.moderate_seconds, "lever_seconds": args.lever_seconds, "users": users,
+        **{k: getattr(traffic, k) for k in ("k", "anonymous_share", "exclude_seen_share", "candidates_share",
+                                             "batch_share", "batch_size", "cold_share")},
+    }
+    for name in [s.strip() for s in args.servers.split(",") if s.strip()]:
+        spec = specs[name]
+        entry: dict[str, Any] = {"name": name, "label": spec.label, "steps": []}
+        results["servers"].append(entry)
+        if name == "naive" and run_dir is None:
+            entry["error"] = "no --run-dir (and the manifest names none): naive server skipped"
+            log(entry["error"])
+            continue
+        log(f"{name}: starting {' '.join(spec.cmd)}")
+        try:
+            with ManagedServer(spec, raw) as srv:
+                entry["startup_s"] = srv.startup_s
+                log(f"  ready in {srv.startup_s:.1f} s on {srv.url}; warm-up")
+                measure(srv, 4, 3, traffic, raw / f"{name}-warmup")
+                steps, b = step_users(srv, traffic, users, args.step_seconds, args.p99_limit_ms,
+                                      raw / f"{name}-step", log)
+                entry["steps"] = [asdict(s) for s in steps]
+                entry["best"] = asdict(b) if b else None
+                m = measure(srv, args.moderate_users, args.moderate_seconds, traffic, raw / f"{name}-moderate",
+                            rate=args.moderate_rate)
+                entry["moderate"] = asdict(m)
+                log(f"  moderate {args.moderate_rate:.0f} req/s: achieved {m.rps:.0f}, p50 {m.p50_ms:.0f} ms, "
+                    f"p99 {m.p99_ms:.0f} ms, failures {m.failures}")
+                if name == "ours":
+                    results["breakdown"] = latency_breakdown(srv, traffic, args.breakdown_requests)
+        except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+            entry["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log(f"  {name} failed: {e}")
+    results["ratios"] = compute_ratios(results["servers"])
+
+    if not args.no_levers and "ours" in specs:
+        lever_users = args.lever_users
+        results["levers"] = run_levers(specs, artifact, num_items, traffic, lever_users, args, raw, log,
+                                       deadline=t_start + args.time_budget)
+
+    for entry in results["servers"]:
+        b = entry.get("best")
+        if b and b["machine_cpu"] >= 0.95 and b["server_cpu"] < 0.9 * (os.cpu_count() or 1) / 2:
+            notes.append(f"{entry['name']}: at its best step the machine was {b['machine_cpu']:.0%} busy while the "
+                         f"server used {b['server_cpu']:.2f} cores: the load generator (or a neighbour), not the "
+                         "server, set that limit")
+    load_end = os.getloadavg()
+    notes.append(f"1-minute load average at start {load_start[0]:.1f}, at end {load_end[0]:.1f} on {os.cpu_count()} "
+                 "cores (above the core count: other processes shared the machine and every figure is low)")
+    bd = results.get("breakdown") or {}
+    if bd.get("rest", {}).get("covers"):
+        notes.append("the server has no histogram for " + " / ".join(bd["rest"]["covers"]) + ": those stages are "
+                     "inside 'rest of the server time' (server total minus the stages it measures)")
+    md = render_markdown(results)
+    out_dir = args.results if args.results.is_absolute() else ROOT / args.results
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"bench-{stamp}.md").write_text(md)
+    (out_dir / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
+    (out_dir / "latest.md").write_text(md)
+    print()
+    print(md)
+    log(f"done; results in {out_dir}/bench-{stamp}.md, raw locust files and server logs in {raw}")
+    return 0
+
+
+def _serving_defaults() -> str:
+    """The server's default batching and thread settings, as text (from ``serving.config.Settings``)."""
+    try:
+        from serving.config import Settings
+
+        f = Settings.model_fields
+        return (f"max_batch_size {f['max_batch_size'].default}, max_queue_delay {f['max_queue_delay_ms'].default} ms, "
+                f"{f['ort_threads'].default} ORT/FAISS thread")
+    except (ImportError, KeyError):
+        return "default settings"
+
+
+def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, traffic: TrafficConfig, users: int,
+               args: argparse.Namespace, raw: Path, log: Any, deadline: float) -> dict[str, Any]:
+    """Each lever: one server variant at a fixed user count; relative to the default of the same series."""
+    base_env = dict(specs["ours"].env)
+    ours_launcher = [PY, "-m", "loadtest.baselines.ours"]
+    floor_sa = [PY, "-m", "loadtest.baselines.floor", "--mode", "standalone", "--num-items", str(num_items)]
+    # (lever, setting, spec, traffic, reference key): reference key groups a row with its default.
+    variants: list[tuple[str, str, ServerSpec, TrafficConfig, str]] = [
+        ("default", f"python -m serving (1 process, uvicorn's default parser/loop, {_serving_defaults()})",
+         specs["ours"], traffic, "ours"),
+        ("uvicorn workers", "2 worker processes", ServerSpec("lever-workers2", "", ours_launcher + ["--workers", "2"],
+                                                             base_env), traffic, "ours"),
+        ("batching", "max_queue_delay 0 ms",
+         ServerSpec("lever-delay0", "", [PY, "-m", "serving"], {**base_env, "SSI_MAX_QUEUE_DELAY_MS": "0"}, None),
+         traffic, "ours"),
+        ("ORT + FAISS threads", "2 threads",
+         ServerSpec("lever-threads2", "", [PY, "-m", "serving"], {**base_env, "SSI_ORT_THREADS": "2"}, None),
+         traffic, "ours"),
+        ("response size", "k = 100 (default k = 10)", specs["ours"], replace(traffic, k=100), "ours"),
+        ("JSON (floor)", "standalone floor, FastAPI response models (default)",
+         ServerSpec("lever-floor-model", "", floor_sa + ["--json", "model"]), traffic, "floor-json"),
+        ("JSON (floor)", "standalone floor, orjson bytes in/out",
+         ServerSpec("lever-floor-orjson", "", floor_sa + ["--json", "orjson"]), traffic, "floor-json"),
+        ("HTTP parser", "h11 instead of httptools", ServerSpec("lever-h11", "", ours_launcher + ["--http", "h11"],
+                                                               base_env), traffic, "ours"),
+        ("event loop", "asyncio instead of uvloop", ServerSpec("lever-asyncio", "",
+                                                               ours_launcher + ["--loop", "asyncio"], base_env),
+         traffic, "ours"),
+        ("batching", "max_batch_size 1 (no batching)",
+         ServerSpec("lever-batch1", "", [PY, "-m", "serving"], {**base_env, "SSI_MAX_BATCH_SIZE": "1"}, None),
+         traffic, "ours"),
+        ("batching", "max_queue_delay 5 ms",
+         ServerSpec("lever-delay5", "", [PY, "-m", "serving"], {**base_env, "SSI_MAX_QUEUE_DELAY_MS": "5"}, None),
+         traffic, "ours"),
+    ]
+    rows: list[dict[str, Any]] = []
+    refs: dict[str, float] = {}
+    log(f"levers at {users} users")
+    for lever, setting, spec, t, ref in variants:
+        row: dict[str, Any] = {"lever": lever, "setting": setting}
+        rows.append(row)
+        if time.monotonic() > deadline:
+            row["error"] = "skipped (time budget)"
+            continue
+        try:
+            with ManagedServer(spec, raw) as srv:
+                measure(srv, 4, 2, t, raw / f"{spec.name}-lever-warmup")
+                s = measure(srv, users, args.lever_seconds, t, raw / f"{spec.name}-lever-{len(rows)}")
+        except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+            row["error"] = str(e).splitlines()[0]
+            log(f"  {lever} / {setting}: failed: {row['error']}")
+            continue
+        row.update(asdict(s))
+        if ref not in refs:
+            refs[ref] = s.rps
+        row["relative"] = s.rps / refs[ref] if refs[ref] else math.nan
+        log(f"  {lever} / {setting}: {s.rps:.0f} req/s, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, "
+            f"fail {s.failures}, server CPU {s.server_cpu:.2f}")
+    return {"users": users, "rows": rows}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The FastAPI application: ``create_app(settings)``; ``app`` for ``uvicorn serving.app:app``.
+
+At startup (ASGI lifespan) the artifact is loaded, verified and warmed before the server reports
+ready, unless a ``ModelState`` loaded beforehand is passed (as ``python -m serving`` does). A bad
+artifact stops the server with one line naming the file and the problem.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.artifact import ArtifactError
+from serving.config import Settings
+from serving.engine import ModelState
+from serving.errors import ServingError
+from serving.metrics import ServingMetrics
+from serving.middleware import BodySizeLimitMiddleware, LifespanMiddleware, RequestMetricsMiddleware
+from serving.routes import admin, health, recommend
+from serving.routes import eval as eval_routes
+from serving.service import Service
+
+log = logging.getLogger("serving")
+MAX_ERRORS_LISTED = 5
+DESCRIPTION = """Sequential recommendations from an SSI student model (ONNX encoder + FAISS item index).
+
+Item ids are the artifact's raw ids when it ships an id map, else 1..N. Every error is a JSON body
+`{"error": code, "message": text}`."""
+
+
+def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _describe_validation(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """A readable one-line message and JSON-safe details (no echo of the input, which may be huge)."""
+    details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+               for e in errors]
+    parts = [f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:MAX_ERRORS_LISTED]]
+    more = f" (and {len(details) - MAX_ERRORS_LISTED} more)" if len(details) > MAX_ERRORS_LISTED else ""
+    return "; ".join(parts) + more, details[:50]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error becomes ``{"error", "message"}`` JSON; nothing leaks a traceback."""
+
+    @app.exception_handler(ServingError)
+    async def serving_error(_: Request, exc: ServingError) -> Response:
+        return json_response(exc.status, exc.body(), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return json_response(400, {"error": "malformed_json", "message": "request body is not valid JSON"})
+        message, details = _describe_validation(errors)
+        return json_response(422, {"error": "validation_error", "message": message, "details": details})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return json_response(exc.status_code, {"error": code, "message": str(exc.detail)},
+                             dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc, exc_info=exc)
+        return json_response(500, {"error": "internal_error", "message": "internal server error; see the server log"})
+
+
+def create_app(settings: Settings | None = None, state: ModelState | None = None) -> FastAPI:
+    """Build the app. The model is loaded in the lifespan (or ``state`` is used when given)."""
+    settings = settings or Settings()
+    metrics = ServingMetrics()
+    service = Service(settings, metrics)
+
+    app = FastAPI(title="SSI sequential recommender", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    for module in (recommend, eval_routes, admin, health):
+        app.include_router(module.router)
+    known = {getattr(r, "path", "") for r in app.routes}
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, known_paths=known)
+    app.add_middleware(LifespanMiddleware, startup=lambda: service.start(preloaded=state), shutdown=service.stop,
+                       expected=(ArtifactError, RuntimeError, OSError))
+    return app
+
+
+app = create_app()

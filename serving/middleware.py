@@ -1,0 +1,149 @@
+"""Pure ASGI middlewares: the request body size limit (413) and per-endpoint request metrics."""
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from serving.metrics import ServingMetrics
+
+ASGIApp = Any
+BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+async def send_json(send: Any, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """Send a complete JSON response straight over ASGI."""
+    payload = orjson.dumps(body)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodySizeLimitMiddleware:
+    """Reads the request body up to ``max_bytes`` (413 beyond, whether declared or streamed), then replays it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await send_json(send, 400, {"error": "bad_request", "message": "invalid Content-Length header"})
+                return
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    async def _too_large(self, send: Any) -> None:
+        await send_json(send, 413, {"error": "body_too_large",
+                                    "message": f"request body is larger than {self.max_bytes} bytes"})
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class RequestMetricsMiddleware:
+    """Counts requests and errors by endpoint (route template) and status, and times them."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, known_paths: set[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.known_paths = known_paths
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            endpoint = route or (scope["path"] if scope["path"] in self.known_paths else "other")
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+            self.metrics.observe_request(endpoint, method, status, time.perf_counter() - start)
+
+
+class LifespanMiddleware:
+    """Answers the ASGI lifespan protocol itself, so that a bad artifact stops ``uvicorn serving.app:app``
+    with one line (``cannot start: <path>: <problem>``) instead of a traceback."""
+
+    def __init__(self, app: ASGIApp, startup: Callable[[], Awaitable[None]], shutdown: Callable[[], Awaitable[None]],
+                 expected: tuple[type[BaseException], ...]) -> None:
+        self.app = app
+        self.startup = startup
+        self.shutdown = shutdown
+        self.expected = expected
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                failure = await self._run(self.startup)
+                if failure is not None:
+                    await send({"type": "lifespan.startup.failed", "message": failure})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                failure = await self._run(self.shutdown)
+                await send({"type": "lifespan.shutdown.failed", "message": failure} if failure is not None
+                           else {"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _run(self, step: Callable[[], Awaitable[None]]) -> str | None:
+        """None on success, else the message to report (one line for expected errors)."""
+        try:
+            await step()
+        except self.expected as e:
+            return f"cannot start: {e}"
+        except Exception:  # noqa: BLE001 - anything else is a bug: report it in full
+            return traceback.format_exc()
+        return None

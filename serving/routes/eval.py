@@ -1,0 +1,17 @@
+"""POST /eval: the offline metrics of the served model, through the served path."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from serving.routes import ServiceDep, require_api_key
+from serving.schemas import ERROR_RESPONSES, ErrorResponse, EvalRequest, EvalResponse
+
+router = APIRouter(tags=["eval"], dependencies=[Depends(require_api_key)])
+
+
+@router.post("/eval", response_model=EvalResponse,
+             responses={**ERROR_RESPONSES, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+                        409: {"model": ErrorResponse, "description": "an eval is running, or data mismatch"}})
+async def run_eval(req: EvalRequest, service: ServiceDep) -> EvalResponse:
+    """``protocol.evaluate`` with the ORT encoder and item table; compared with the manifest's metrics."""
+    return await service.evaluate(req)

@@ -1,0 +1,158 @@
+"""The benchmark's reference servers and report, without starting any process.
+
+Every answer of the floor and of the naive server must pass the load generator's own checks, so the
+bench compares servers that all answer correctly.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from loadtest.baselines.floor import FixedRanker, create_app
+from loadtest.bench import compute_ratios, cpu_per_request_us, render_markdown, resolve_artifact
+from loadtest.traffic import TrafficConfig, build_pool, check_response
+from serving.schemas import RecommendRequest
+
+
+def _pool(tiny_dataset_file: Path, n: int = 300):
+    cfg = TrafficConfig(dataset="Tiny", data_dir=str(tiny_dataset_file.parent), pool_size=n, batch_share=0.1,
+                        candidates_share=0.2, cold_share=0.05, unknown_share=0.05, num_candidates=10, k=5)
+    return build_pool(cfg)
+
+
+def _answer_all(answer, req) -> dict:
+    """Run ``answer`` (one RecommendRequest -> dict) over a prepared request (single or batch)."""
+    body = json.loads(req.body)
+    if req.is_batch:
+        return {"results": [answer(RecommendRequest(**r)) for r in body["requests"]]}
+    return answer(RecommendRequest(**body))
+
+
+def test_fixed_ranker_answers_pass_the_checks(tiny_dataset_file: Path) -> None:
+    pool, n = _pool(tiny_dataset_file)
+    ranker = FixedRanker(n)
+    for req in pool:
+        assert check_response(req, _answer_all(ranker.answer, req)) is None
+
+
+@pytest.mark.parametrize("json_mode", ["model", "orjson"])
+def test_standalone_floor_app(tiny_dataset_file: Path, json_mode: str) -> None:
+    pool, n = _pool(tiny_dataset_file, 60)
+    with TestClient(create_app(n, "standalone", json_mode)) as client:
+        assert client.get("/health/ready").status_code == 200
+        assert "process_resident_memory_bytes" in client.get("/metrics").text
+        for req in pool:
+            r = client.post(req.path, content=req.body, headers={"content-type": "application/json"})
+            assert r.status_code == 200, r.text
+            assert check_response(req, r.json()) is None
+        bad = client.post("/recommend", json={"history": [1], "k": 0})
+        assert bad.status_code == 422
+        unknown = client.post("/recommend", json={"history": [n + 5], "k": 2})
+        assert unknown.status_code == 422
+
+
+def test_serving_mode_floor_answers_before_the_real_routes() -> None:
+    # Without the lifespan no model is loaded: the real /recommend would answer 503, the floor answers 200.
+    client = TestClient(create_app(100, "serving"))
+    r = client.post("/recommend", json={"history": [1, 2, 3], "k": 4})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"items": [4, 5, 6, 7], "scores": [1.0, 0.5, 1 / 3, 0.25], "model": "floor",
+                        "fallback": False}
+    r = client.post("/recommend/batch", json={"requests": [{"history": [], "k": 2}]})
+    assert r.status_code == 200 and r.json()["results"][0]["fallback"] is True
+    assert client.get("/health/live").status_code == 200
+    assert client.post("/recommend", json={"history": [1], "k": 0}).json()["error"] == "validation_error"
+    assert 'endpoint="/recommend"' in client.get("/metrics").text  # the real app's metrics middleware
+
+
+def test_naive_server_answers_pass_the_checks(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from loadtest.baselines.naive import NaiveRecommender
+    from loadtest.baselines.untrained_run import write_untrained_run
+
+    # the stored negatives need >= 99 unseen items per user: a 150-item catalogue
+    rng = np.random.default_rng(0)
+    lines = [f"{u} " + " ".join(str(int(i)) for i in rng.integers(1, 151, size=int(rng.integers(5, 25))))
+             for u in range(1, 41)]
+    (tmp_path / "Small.txt").write_text("\n".join([*lines, "41 1 2 150"]) + "\n")
+    data = str(tmp_path)
+    run_dir = write_untrained_run("Small", "hgn", "smoke", tmp_path / "runs", data_dir=data)
+    assert json.loads((run_dir / "run.json").read_text())["untrained"] is True
+    assert "test" in json.loads((run_dir / "metrics.json").read_text())
+    rec = NaiveRecommender(run_dir, data)
+    cfg = TrafficConfig(dataset="Small", data_dir=data, pool_size=200, batch_share=0.1, candidates_share=0.2,
+                        cold_share=0.05, unknown_share=0.05, num_candidates=10, k=5)
+    pool, _ = build_pool(cfg)
+    for req in pool:
+        assert check_response(req, _answer_all(rec.answer, req)) is None
+    # the naive path ranks by the model's own scores
+    out = rec.answer(RecommendRequest(history=[1, 2, 3], k=3, exclude_seen=False, user_id=2))
+    assert out["scores"] == sorted(out["scores"], reverse=True) and not out["fallback"]
+
+
+def test_resolve_artifact(tmp_path: Path) -> None:
+    art = tmp_path / "hgn" / "v1"
+    art.mkdir(parents=True)
+    (art / "manifest.json").write_text("{}")
+    (tmp_path / "latest").write_text("hgn/v1\n")
+    assert resolve_artifact(tmp_path) == art
+    assert resolve_artifact(art) == art
+    with pytest.raises(SystemExit):
+        resolve_artifact(tmp_path / "hgn")
+
+
+def _step(users: int, rps: float, p99: float, failures: int = 0) -> dict:
+    return {"users": users, "rate": 0.0, "rps": rps, "p50_ms": p99 / 3, "p95_ms": p99 / 1.5, "p99_ms": p99,
+            "p999_ms": p99 * 2, "requests": int(rps * 8), "failures": failures, "server_cpu": 0.9,
+            "machine_cpu": 1.0}
+
+
+def test_render_markdown() -> None:
+    config = {"cpus": 2, "artifact_name": "hgn/v1", "model": "hgn", "num_items": 3646, "dim": 51,
+              "dataset": "lastfm", "k": 10, "anonymous_share": 0.3, "exclude_seen_share": 0.5,
+              "candidates_share": 0.1, "batch_share": 0.05, "batch_size": 8, "cold_share": 0.02,
+              "step_seconds": 8.0, "p99_limit_ms": 50.0, "moderate_rate": 200.0, "moderate_seconds": 12.0,
+              "lever_seconds": 8.0}
+    res = {
+        "started": "now", "config": config, "notes": ["a note"],
+        "servers": [
+            {"label": "floor", "steps": [_step(8, 1000, 20)], "best": _step(8, 1000, 20),
+             "moderate": {**_step(20, 200, 10), "rate": 200.0}},
+            {"label": "naive", "steps": [], "error": "boom"},
+            {"label": "ours", "steps": [_step(8, 900, 30, 1)], "best": None, "moderate": None},
+        ],
+        "ratios": {"ours_over_floor": 0.9},
+        "breakdown": {"requests": 10, "failures": 0, "stages": {"queue": {"mean_us": 100.0, "p50_us": 90.0}},
+                      "server_total": {"mean_us": 500.0, "p50_us": 450.0}, "rest": {"mean_us": 400.0,
+                                                                                   "covers": ["parse"]},
+                      "client_rtt_p50_us": 700.0, "client_rtt_p99_us": math.nan},
+        "levers": {"users": 8, "rows": [{"lever": "x", "setting": "y", **_step(8, 800, 25), "relative": 0.8},
+                                         {"lever": "z", "setting": "w", "error": "skipped (time budget)"}]},
+    }
+    md = render_markdown(res)
+    assert "| floor | 1000 | 8 | 7 / 20 | 1000 | 3 / 10 | 4500 | 0 |" in md  # 0.9 cores / 200 req/s = 4.5 ms
+    assert "error: boom" in md and "| ours | none |" in md
+    assert "| max throughput at the p99 limit (targets: >= 0.8, >= 2) | 0.90 | n/a |" in md
+    assert "| queue | 100 | 90 |" in md and "0.80x" in md and "skipped (time budget)" in md and "- a note" in md
+
+
+def test_compute_ratios() -> None:
+    servers = [
+        {"name": "floor", "steps": [_step(8, 1000, 20), _step(16, 1200, 80)], "best": _step(8, 1000, 20),
+         "moderate": {**_step(20, 200, 10), "server_cpu": 0.2}},
+        {"name": "naive", "steps": [_step(2, 100, 90)], "best": None,
+         "moderate": {**_step(20, 200, 10), "server_cpu": 0.8}},
+        {"name": "ours", "steps": [_step(8, 900, 30), _step(16, 960, 60, failures=1)], "best": _step(8, 900, 30),
+         "moderate": {**_step(20, 200, 10), "server_cpu": 0.25}},
+    ]
+    r = compute_ratios(servers)
+    assert r["ours_over_floor"] == pytest.approx(0.9) and "ours_over_naive" not in r
+    assert r["peak_ours_over_floor"] == pytest.approx(900 / 1200)  # a step with failures does not count
+    assert r["peak_ours_over_naive"] == pytest.approx(9.0)
+    assert r["cpu_ours_vs_floor"] == pytest.approx(0.8) and r["cpu_ours_vs_naive"] == pytest.approx(3.2)
+    assert math.isnan(cpu_per_request_us(None)) and cpu_per_request_us(_step(8, 100, 1)) == pytest.approx(9000)

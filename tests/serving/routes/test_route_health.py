@@ -1,0 +1,67 @@
+"""GET /health/live, /health/ready, /model, /metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from serving_factory import NUM_ITEMS, V1, make_settings
+
+from serving.app import create_app
+
+
+def test_live_and_ready(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "alive"}
+    r = client.get("/health/ready")
+    assert r.status_code == 200 and r.json() == {"status": "ready", "model": V1}
+
+
+def test_not_ready_before_the_model_is_loaded(artifact_root: Path, data_dir: Path) -> None:
+    c = TestClient(create_app(make_settings(artifact_root, data_dir)))  # lifespan not started: nothing loaded
+    assert c.get("/health/live").status_code == 200
+    r = c.get("/health/ready")
+    assert r.status_code == 503 and r.json()["error"] == "not_ready" and r.headers["retry-after"]
+    assert c.post("/recommend", json={"history": [1]}).status_code == 503
+
+
+def test_model_describes_what_really_runs(client: TestClient) -> None:
+    client.post("/recommend", json={"history": [1, 2]})
+    m = client.get("/model").json()
+    assert m["model"]["version"] == V1 and m["model"]["items"] == {"count": NUM_ITEMS, "dim": 13}
+    assert m["model"]["metrics"]["test"]["full"]["ndcg@10"] >= 0
+    assert m["encoder"]["providers"] == ["CPUExecutionProvider"]
+    assert m["index"]["type"] == "IndexFlatIP" and m["device"] == "cpu"
+    assert m["batching"]["inference_count"] >= 1 and m["batching"]["average_batch_size"] >= 1
+    assert m["limits"]["max_k"] == 100
+
+
+def test_metrics_cover_requests_errors_timings_and_batches(client: TestClient) -> None:
+    for _ in range(3):
+        client.post("/recommend", json={"history": [1, 2], "k": 5})
+    client.post("/recommend", json={"history": [1, 99999]})
+    client.post("/recommend", json={"history": [], "k": 5})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    for line in [
+        'ssi_requests_total{endpoint="/recommend",method="POST",status="200"} 4.0',
+        'ssi_requests_total{endpoint="/recommend",method="POST",status="422"} 1.0',
+        'ssi_request_errors_total{endpoint="/recommend",status="422"} 1.0',
+        "ssi_inference_count_total 3.0",
+        f'ssi_model_info{{backend="ort-cpu+faiss-cpu",name="tiny",version="{V1}"}} 1.0',
+        "ssi_queue_depth 0.0",
+    ]:
+        assert line in text, line
+    for hist in ("ssi_queue_seconds_count", "ssi_encode_seconds_count", "ssi_search_seconds_count",
+                 "ssi_batch_size_count", 'ssi_request_seconds_count{endpoint="/recommend"}'):
+        value = next(float(x.split()[-1]) for x in text.splitlines() if x.startswith(hist))
+        assert value >= 1, hist
+    execs = next(float(x.split()[-1]) for x in text.splitlines() if x.startswith("ssi_execution_count_total"))
+    avg = next(float(x.split()[-1]) for x in text.splitlines() if x.startswith("ssi_average_batch_size"))
+    assert avg == 3.0 / execs
+
+
+def test_openapi_and_docs(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/recommend", "/recommend/batch", "/eval", "/admin/reload", "/health/ready", "/model", "/metrics"):
+        assert path in spec["paths"], path
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,177 @@
+"""MicroBatcher: Triton semantics (size or delay), bounded queue, jobs between batches, failures."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from serving.batching import MicroBatcher, QueueFullError
+from serving.metrics import ServingMetrics
+
+
+class Recorder:
+    """An execute function that records batch sizes and can be held closed by a gate."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+
+    def __call__(self, payloads: list) -> list:
+        self.started.set()
+        self.gate.wait(10)
+        self.sizes.append(len(payloads))
+        return [p * 2 if p != "boom" else ValueError("bad item") for p in payloads]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_full_batch_is_sent_without_waiting_for_the_delay() -> None:
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=4, max_queue_delay_s=5.0, max_queue_size=100)
+    b.start()
+
+    async def main() -> tuple[list, float]:
+        t0 = time.perf_counter()
+        out = await asyncio.gather(*(b.submit(i) for i in range(4)))
+        return out, time.perf_counter() - t0
+
+    try:
+        out, took = run(main())
+    finally:
+        b.stop()
+    assert out == [0, 2, 4, 6]
+    assert rec.sizes == [4]
+    assert took < 2.0  # far below the 5 s delay
+
+
+def test_partial_batch_waits_for_the_oldest_request_delay() -> None:
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch_size=64, max_queue_delay_s=0.15, max_queue_size=100)
+    b.start()
+
+    async def main() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(b.submit(i) for i in range(3)))
+        return time.perf_counter() - t0
+
+    try:
+        took = run(main())
+    finally:
+        b.stop()
+    assert rec.sizes == [3]
+    assert 0.1 <= took < 2.0
+    assert b.average_batch_size == 3.0
+
+
+def test_batches_never_exceed_max_batch_size_and_counts_add_up() -> None:
+    rec = Recorder()
+    metrics = ServingMetrics()
+    b = MicroBatcher(rec, max_batch_size=5, max_queue_delay_s=0.01, max_queue_size=1000, metrics=metrics)
+    b.start()
+
+    async def main() -> list:
+        return await asyncio.gather(*(b.submit(i) for i in range(23)))
+
+    try:
+        out = run(main())
+    finally:
+        b.stop()
+    assert out == [2 * i for i in range(23)]
+    assert max(rec.sizes) <= 5 and sum(rec.sizes) == 23
+    assert b.inference_count == 23 and b.execution_count == len(rec.sizes)
+    assert metrics.sample("ssi_inference_count_total") == 23
+    assert metrics.sample("ssi_execution_count_total") == len(rec.sizes)
+    assert metrics.sample("ssi_average_batch_size") == pytest.approx(23 / len(rec.sizes))
+    assert metrics.sample("ssi_batch_size_count") == len(rec.sizes)
+
+
+def test_bounded_queue_rejects_when_full() -> None:
+    rec = Recorder()
+    rec.gate.clear()  # the worker blocks inside its first batch
+    b = MicroBatcher(rec, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=2)
+    b.start()
+
+    async def main() -> tuple[list, type]:
+        first = asyncio.ensure_future(b.submit(1))
+        await asyncio.to_thread(rec.started.wait, 5)  # request 1 is executing, the queue is empty
+        queued = [asyncio.ensure_future(b.submit(i)) for i in (2, 3)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError):
+            b.enqueue([4])
+        rec.gate.set()
+        return await asyncio.gather(first, *queued), QueueFullError
+
+    try:
+        out, _ = run(main())
+    finally:
+        rec.gate.set()
+        b.stop()
+    assert out == [2, 4, 6]
+
+
+def test_enqueue_is_all_or_nothing() -> None:
+    rec = Recorder()
+    rec.gate.clear()
+    b = MicroBatcher(rec, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=3)
+
+    async def main() -> int:
+        with pytest.raises(QueueFullError):
+            b.enqueue([1, 2, 3, 4])
+        return b.depth
+
+    assert run(main()) == 0
+
+
+def test_item_exception_fails_only_that_request() -> None:
+    b = MicroBatcher(Recorder(), max_batch_size=8, max_queue_delay_s=0.01, max_queue_size=10)
+    b.start()
+
+    async def main() -> list:
+        return await asyncio.gather(b.submit(1), b.submit("boom"), b.submit(3), return_exceptions=True)
+
+    try:
+        out = run(main())
+    finally:
+        b.stop()
+    assert out[0] == 2 and out[2] == 6 and isinstance(out[1], ValueError)
+
+
+def test_jobs_run_on_the_worker_thread_between_batches() -> None:
+    names: list[str] = []
+    b = MicroBatcher(lambda p: [x for x in p], max_batch_size=2, max_queue_delay_s=0.0, max_queue_size=10)
+    b.start()
+    try:
+        fut = b.run_job(lambda: names.append(threading.current_thread().name) or 42)
+        assert fut.result(5) == 42
+        failing = b.run_job(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(5)
+    finally:
+        b.stop()
+    assert names == ["serving-worker"]
+
+
+def test_requests_are_served_while_jobs_keep_coming() -> None:
+    """A stream of slow jobs (an /eval) must not starve requests: they alternate."""
+    b = MicroBatcher(lambda p: list(p), max_batch_size=4, max_queue_delay_s=0.0, max_queue_size=100)
+    b.start()
+    jobs = [b.run_job(lambda: time.sleep(0.05)) for _ in range(20)]  # 1 s of jobs
+
+    async def main() -> float:
+        t0 = time.perf_counter()
+        await b.submit(1)
+        return time.perf_counter() - t0
+
+    try:
+        took = run(main())
+    finally:
+        for j in jobs:
+            j.result(10)
+        b.stop()
+    assert took < 0.5

@@ -1,0 +1,65 @@
+"""End to end: `python training/run_all.py --preset smoke --datasets lastfm` writes every report file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], env_extra: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "training/run_all.py", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def test_missing_dataset_fails_fast(tmp_path):
+    p = _run(["--preset", "smoke", "--datasets", "nope", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert p.returncode != 0 and "dataset 'nope' not found" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_preset_fails_fast(tmp_path):
+    p = _run(["--preset", "huge", "--out", str(tmp_path / "o")])
+    assert p.returncode == 2 and "invalid choice: 'huge'" in p.stderr
+
+
+def test_unwritable_out_fails_fast(tmp_path, shared_data_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    p = _run(["--preset", "smoke", "--datasets", "lastfm", "--data-dir", str(shared_data_dir),
+              "--out", str(blocker / "sub")])
+    assert p.returncode != 0 and "not writable" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_smoke_reproduction_writes_every_report_file(tmp_path, shared_data_dir):
+    out, serving = tmp_path / "runs", tmp_path / "serving"
+    args = ["--preset", "smoke", "--datasets", "lastfm", "--data-dir", str(shared_data_dir), "--out", str(out),
+            "--export-out", str(serving), "--teacher-layers", "1"]
+    p = _run(args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = out / "report"
+    for f in ("table2.md", "table2.csv", "table2_full.md", "table2_full.csv", "table3.md", "fig3.png", "fig4.png",
+              "report.json"):
+        assert (report / f).is_file(), f
+    doc = json.loads((report / "report.json").read_text())
+    models = {r["model"] for r in doc["runs"]}
+    assert {"mostpop", "hgn", "gru4rec", "bert4rec", "ssi_hgn", "ssi_gru4rec", "ssi_hgn_no_kl", "ssi_hgn_no_mse",
+            "ssi_hgn_temporal", "sasrec", "s3rec", "grec"} <= models
+    assert doc["datasets"]["lastfm"]["negatives_sha256"]
+    assert any(f.startswith("curves_lastfm_ssi_hgn") for f in doc["figures"]["curves"])
+    table = (report / "table2.md").read_text()
+    assert "| lastfm | ssi_hgn |" in table
+    latest = (serving / "latest").read_text().strip()
+    assert (serving / latest / "manifest.json").is_file()
+    # a second invocation skips every finished run and only rewrites the report
+    p2 = _run(args)
+    assert p2.returncode == 0
+    hist = out / "lastfm" / "ssi_hgn" / "seed42" / "history.json"
+    assert json.loads(hist.read_text()) and "resumed" not in p2.stderr

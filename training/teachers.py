@@ -1,0 +1,342 @@
+"""SSI teachers: BERT4Rec trained with the cloze objective, alone or plus one consistency task (eq. 4).
+
+``L = L_MLM + lambda * L_task`` with ``L_task`` one of temporal, persona or global-session consistency
+(``models/consistency.py``). The four variants: ``bert4rec`` (cloze only), ``temporal``, ``persona``,
+``global``. The saved model is the plain BERT4Rec (``training.runs.load_run_model`` rebuilds it, which
+is all students need); ``run.json`` also records the variant and the cloze/consistency configs.
+
+Cloze batches (``TeacherTask.batches``): the training part ``s[:-2]`` of every user, its most recent
+``max_len`` items; per epoch ``copies`` randomly masked copies of each user (each item masked with
+``mask_prob``, at least one per sequence) plus ``last_item_frac * U`` last-item-masked samples (only
+the last item masked, exactly the inference situation). Samples are sharded over DDP ranks like
+``DistributedSampler`` (one permutation from the epoch rng on every rank, rank ``r`` takes
+``perm[r::world]``, padded to equal counts). Within a rank, windows of ``bucket_batches`` batches
+are sorted by length so that a batch is padded to its own longest sequence, not to ``max_len``.
+
+CLI (also under ``torchrun --nproc_per_node N -m training.teachers ...``)::
+
+    python -m training.teachers --variant temporal --dataset beauty --preset cpu \
+        --out artifacts/runs/beauty/teacher-temporal [--seed 42] [--fresh] [--data-dir DIR] [--set lr=5e-4]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from models.bert4rec import BERT4Rec, BERT4RecConfig
+from models.consistency import ConsistencyConfig, SequencePool, build_consistency
+from protocol import SequenceDataset, load_dataset, load_or_create_negatives, pad_left, train_sequences
+from training.trainer import TrainConfig, TrainTask, dist_info, fit
+
+log = logging.getLogger("ssi.teachers")
+
+VARIANTS = ("bert4rec", "temporal", "persona", "global")
+PRESETS = ("smoke", "cpu", "paper")
+
+
+@dataclass
+class ClozeConfig:
+    """Cloze sampling. ``last_item_frac=0.25``: a quarter of the users get an extra sample with only the
+    last item masked (BERT4Rec's own data script adds one per user next to 10 random copies; with one
+    random copy a full extra set would double the epoch). ``bucket_batches=16``: length-sorted windows
+    of 16 batches make a Beauty epoch ~3.4x faster than padding every batch to ``max_len`` (measured,
+    2 cores) while the batch order stays random."""
+
+    mask_prob: float = 0.2  # each item masked with this probability (RecBole's 0.2)
+    copies: int = 1  # randomly masked copies of each user per epoch
+    last_item_frac: float = 0.25  # extra last-item-masked samples per epoch, as a share of the users (<= 1)
+    bucket_batches: int = 16  # length-sorting window in batches (0 = no bucketing)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob}")
+        if not 0.0 <= self.last_item_frac <= 1.0:
+            raise ValueError(f"last_item_frac must be in [0, 1], got {self.last_item_frac}")
+        if self.copies < 0 or (self.copies == 0 and self.last_item_frac == 0):
+            raise ValueError("need copies >= 1 or last_item_frac > 0")
+
+
+# Optimisation per preset (model sizes: models/bert4rec.py PRESETS). cpu: a Beauty epoch is 110 length-
+# bucketed batches of 256 (REFERENCE.md section 8 measured ~17 s for one masked copy per user on 2 idle
+# cores), so 60 epochs with validation fit ~20 min; early stopping after 8 validations without a better
+# NDCG@10. On a busy shared machine use --threads 1 (two threads there were >10x slower per step).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"epochs": 2, "batch_size": 64, "patience": 2, "max_len": 20, "eval_batch_size": 256},
+    "cpu": {"epochs": 60, "batch_size": 256, "patience": 8, "max_len": 50},
+    "paper": {"epochs": 400, "batch_size": 256, "patience": 20, "max_len": 50},
+}
+
+
+class TeacherTask(TrainTask):
+    """Cloze loss (+ lambda * a consistency loss) on BERT4Rec, with sharded, length-bucketed batches."""
+
+    def __init__(self, model: BERT4Rec, train_seqs: Sequence[np.ndarray], batch_size: int,
+                 cloze: ClozeConfig | None = None, variant: str = "bert4rec",
+                 consistency: ConsistencyConfig | None = None):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown teacher variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        self.model = model
+        self.variant = variant
+        self.cloze = cloze or ClozeConfig()
+        self.batch_size = batch_size
+        c = model.config
+        seqs = [np.asarray(s, dtype=np.int64)[-c.max_len:] for s in train_seqs]
+        if any(len(s) == 0 for s in seqs):
+            raise ValueError("every training sequence needs at least one item")
+        self.padded = pad_left(seqs, c.max_len)  # (U, max_len) most recent items, left-padded
+        self.lengths = np.asarray([len(s) for s in seqs], dtype=np.int64)  # (U,)
+        self.consistency_config: ConsistencyConfig | None = None
+        self.consistency: torch.nn.Module | None = None
+        if variant != "bert4rec":
+            self.consistency_config = consistency or ConsistencyConfig()
+            pool = SequencePool.from_sequences([torch.from_numpy(s) for s in train_seqs]) if variant == "persona" else None
+            self.consistency = build_consistency(variant, c.dim, self.consistency_config, c.mask_token, c.int_token,
+                                                 c.max_len, pool)
+
+    # ---- batches ---------------------------------------------------------------------------------
+    @property
+    def num_users(self) -> int:
+        return len(self.lengths)
+
+    def num_samples(self) -> int:
+        return self.cloze.copies * self.num_users + round(self.cloze.last_item_frac * self.num_users)
+
+    def rank_batch_size(self, world: int) -> int:
+        """Per-rank batch: the global batch ``batch_size`` split over the ranks."""
+        return math.ceil(self.batch_size / world)
+
+    def num_batches(self, world: int) -> int:
+        return math.ceil(math.ceil(self.num_samples() / world) / self.rank_batch_size(world))
+
+    def epoch_samples(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(S,) user rows and (S,) last-item flags of one epoch, in the epoch's random order."""
+        users = np.tile(np.arange(self.num_users), self.cloze.copies)
+        last = rng.choice(self.num_users, round(self.cloze.last_item_frac * self.num_users), replace=False)
+        users = np.concatenate([users, last])
+        flags = np.concatenate([np.zeros(len(users) - len(last), bool), np.ones(len(last), bool)])
+        perm = rng.permutation(len(users))
+        return users[perm], flags[perm]
+
+    @staticmethod
+    def shard(n: int, rank: int, world: int) -> np.ndarray:
+        """Indices of rank ``rank``: ``[0..n)`` padded by wrapping to a multiple of ``world``, then ``[rank::world]``."""
+        total = math.ceil(n / world) * world
+        return (np.arange(total) % n)[rank::world]
+
+    def _bucketed(self, idx: np.ndarray, users: np.ndarray, b: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Split ``idx`` into batches of ``b``; inside windows of ``bucket_batches`` batches, sort by length."""
+        window = self.cloze.bucket_batches * b
+        if window <= 0:
+            return [idx[i:i + b] for i in range(0, len(idx), b)]
+        out: list[np.ndarray] = []
+        for w in range(0, len(idx), window):
+            chunk = idx[w:w + window]
+            chunk = chunk[np.argsort(self.lengths[users[chunk]], kind="stable")]
+            out += [chunk[i:i + b] for i in range(0, len(chunk), b)]
+        return [out[i] for i in rng.permutation(len(out))]
+
+    def batches(self, epoch: int, rng: np.random.Generator, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
+        users, last = self.epoch_samples(rng)  # identical on every rank
+        seed = int(rng.integers(2**62))
+        local = np.random.default_rng([seed, rank])  # masks and augmentations of this rank
+        gen = torch.Generator().manual_seed(int(local.integers(2**62)))
+        idx = self.shard(len(users), rank, world)
+        for rows in self._bucketed(idx, users, self.rank_batch_size(world), local):
+            yield self.make_batch(users[rows], last[rows], local, gen)
+
+    def make_batch(self, users: np.ndarray, last: np.ndarray, rng: np.random.Generator,
+                   gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Cloze ``input``/``target`` (B, L_b) for user rows ``users`` (+ the task's inputs)."""
+        width = int(self.lengths[users].max())
+        x = self.padded[users, -width:]  # (B, L_b) clean, left-padded
+        inp, target = self.mask(x, last, rng)
+        batch = {"input": torch.from_numpy(inp), "target": torch.from_numpy(target)}
+        if self.consistency is not None:
+            batch.update(self.consistency.make_batch(torch.from_numpy(x), torch.from_numpy(users), gen))
+        return batch
+
+    def mask(self, x: np.ndarray, last: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Cloze masking of (B, L) ``x``: rows flagged ``last`` mask only their last item; the others mask
+        each item with ``mask_prob`` (at least one). Returns (input with [MASK], targets: item or 0)."""
+        b, width = x.shape
+        real = x > 0
+        m = real & (rng.random((b, width)) < self.cloze.mask_prob)
+        lengths = real.sum(1)
+        empty = ~m.any(1)
+        pick = width - 1 - np.floor(rng.random(b) * lengths).astype(np.int64)  # a random real column
+        m[empty, pick[empty]] = True
+        m[last] = False
+        m[last, width - 1] = True
+        inp = np.where(m, self.model.config.mask_token, x)
+        return inp, np.where(m, x, 0)
+
+    # ---- loss ------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        hidden = self.model(batch["input"])  # (B, L, d)
+        target = batch["target"]  # (B, L), 0 where not masked
+        at = target > 0
+        logits = self.model.logits(hidden[at])  # (M, N) masked positions only
+        cloze = F.cross_entropy(logits.float(), target[at] - 1)
+        terms = {"cloze": cloze}
+        loss = cloze
+        if self.consistency is not None:
+            t = self.consistency(self.model, batch)
+            loss = loss + self.consistency_config.weight * t["loss"]
+            terms |= {self.variant: t["loss"].detach(), f"{self.variant}_acc": t["acc"]}
+        return {"loss": loss, **terms}
+
+
+# ---- building and training -------------------------------------------------------------------------
+@dataclass
+class TeacherSetup:
+    model: BERT4RecConfig
+    train: TrainConfig
+    cloze: ClozeConfig
+    consistency: ConsistencyConfig | None
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def resolve_setup(variant: str, preset: str, num_items: int, seed: int = 42,
+                  overrides: dict[str, Any] | None = None, progress: bool = True) -> TeacherSetup:
+    """Preset configs with ``overrides`` applied by field name (``max_len`` sets model and trainer)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown teacher variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    overrides = dict(overrides or {})
+    if "seed" in overrides or "num_items" in overrides:
+        raise ValueError("seed and num_items are not overrides (use the seed argument; num_items comes from the data)")
+    targets = {"model": _fields(BERT4RecConfig), "train": _fields(TrainConfig), "cloze": _fields(ClozeConfig),
+               "consistency": _fields(ConsistencyConfig) if variant != "bert4rec" else set()}
+    unknown = [k for k in overrides if not any(k in names for names in targets.values())]
+    if unknown:
+        raise ValueError(f"unknown override(s) {unknown}; fields: {sorted(set().union(*targets.values()))}")
+    pick = {part: {k: v for k, v in overrides.items() if k in names} for part, names in targets.items()}
+    model = BERT4RecConfig.preset(preset, num_items=num_items, **pick["model"])
+    train = TrainConfig(**{**TRAIN_PRESETS[preset], "max_len": model.max_len, **pick["train"],
+                           "seed": seed, "progress": progress})
+    if train.max_len != model.max_len:
+        raise ValueError(f"max_len differs: model {model.max_len}, trainer {train.max_len}")
+    cloze = ClozeConfig(**pick["cloze"])
+    consistency = ConsistencyConfig(**pick["consistency"]) if variant != "bert4rec" else None
+    return TeacherSetup(model, train, cloze, consistency)
+
+
+def build_teacher(variant: str, ds: SequenceDataset, setup: TeacherSetup) -> TeacherTask:
+    """A freshly initialised teacher task (seeded with ``setup.train.seed``)."""
+    torch.manual_seed(setup.train.seed)
+    model = BERT4Rec(setup.model)
+    return TeacherTask(model, train_sequences(ds), setup.train.batch_size, setup.cloze, variant, setup.consistency)
+
+
+def run_info(variant: str, preset: str, setup: TeacherSetup) -> dict[str, Any]:
+    """What ``run.json`` records beside the trainer's fields, so that students can rebuild the teacher."""
+    return {"teacher_variant": variant, "preset": preset, "cloze_config": dataclasses.asdict(setup.cloze),
+            "consistency_config": dataclasses.asdict(setup.consistency) if setup.consistency else None}
+
+
+def train_teacher(variant: str, ds: SequenceDataset, preset: str, run_dir: str | os.PathLike, seed: int = 42,
+                  resume: bool = True, overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train one teacher into ``run_dir`` (a finished run is returned as is); returns its metrics.
+
+    Under DDP every rank calls this; only rank 0 writes and returns metrics (the others return {}).
+    """
+    setup = resolve_setup(variant, preset, ds.num_items, seed, overrides, progress)
+    task = build_teacher(variant, ds, setup)
+    rank, world = dist_info()
+    if world > 1 and rank != 0:
+        dist.barrier()  # rank 0 draws the negatives file first
+    negatives = load_or_create_negatives(ds)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    if rank == 0:
+        log.info("teacher %s on %s (%s): %d users, %d items, %d parameters, %d batches/epoch", variant, ds.name,
+                 preset, ds.num_users, ds.num_items, task.model.num_params(), task.num_batches(world))
+    return fit(task, ds, setup.train, run_dir, resume=resume, negatives=negatives,
+               run_info=run_info(variant, preset, setup))
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when launched by torchrun with WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    return dist_info()
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.teachers", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", required=True, choices=VARIANTS, help="teacher: cloze only or cloze + a consistency task")
+    p.add_argument("--dataset", required=True, help="beauty, toys, sports, lastfm, NAME (in the data folder) or a .txt path")
+    p.add_argument("--preset", default="cpu", choices=PRESETS, help="model size and optimisation (default: cpu)")
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--seed", type=int, default=42)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_true", default=True,
+                   help="continue from the run's checkpoint; a finished run is kept as is (default)")
+    g.add_argument("--fresh", dest="resume", action="store_false", help="ignore any checkpoint and train from scratch")
+    p.add_argument("--data-dir", default=None, help="data folder (default: $SSI_DATA_DIR, else ./data)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override, metavar="KEY=VALUE",
+                   help="override a model/trainer/cloze/consistency config field, e.g. --set dim=128 --set lr=5e-4")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads per process (default: torch's choice; 1 helps on a busy machine)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world = init_distributed()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s %(levelname)s [rank {rank}/{world}] %(name)s: %(message)s")
+    try:
+        ds = load_dataset(args.dataset, args.data_dir)
+        metrics = train_teacher(args.variant, ds, args.preset, args.out, seed=args.seed, resume=args.resume,
+                                overrides=dict(args.overrides), progress=args.progress)
+        if rank == 0:
+            print(json.dumps({"run_dir": str(args.out), "test": metrics["test"],
+                              "best_epoch": metrics["best_epoch"], "wall_time_s": metrics["wall_time_s"]}, indent=2))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
