@@ -31,8 +31,12 @@ venv: $(VENV)/.installed-$(EXTRA)  ## create .venv and install (cpu or gpu extra
 data: venv  ## make sure DATASET is in SSI_DATA_DIR (downloads the public file, checksum-verified, if missing)
 	@$(PY) -m training.data info $(DATASET) >/dev/null 2>&1 || $(PY) -m training.data download $(DATASET)
 
+# `make run` trains the rows needed to serve SSI-HGN (MostPop, HGN alone, three teachers, SSI-HGN);
+# RUN_MODELS= (empty) trains the whole catalogue of run_all.
+RUN_MODELS ?= mostpop hgn ssi_hgn
 train: data  ## run_all on DATASET with PRESET (default: smoke on lastfm), then export the best SSI student
-	$(PY) training/run_all.py --preset $(PRESET) --datasets $(DATASET) --out artifacts/runs-$(PRESET) --export-out artifacts/serving
+	$(PY) training/run_all.py --preset $(PRESET) --datasets $(DATASET) --out artifacts/runs-$(PRESET) \
+		--export-out artifacts/serving $(if $(strip $(RUN_MODELS)),--models $(RUN_MODELS),)
 
 serve: venv  ## start the server on the latest artifact
 	$(PY) -m serving --port $(PORT)
