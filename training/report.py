@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from training.io import atomic_write_json, atomic_write_text  # noqa: E402
-from training.paper import TABLE2, TABLE3  # noqa: E402
+from training.io import atomic_write_json, atomic_write_text
+from training.paper import TABLE2, TABLE3
 
 if TYPE_CHECKING:
     from training.run_all import Run

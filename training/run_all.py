@@ -14,7 +14,6 @@ skipped on the next invocation, and an interrupted one resumes from its last epo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import resource
@@ -28,10 +27,10 @@ from typing import Any
 if __package__ in (None, ""):  # `python training/run_all.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tqdm.auto import tqdm  # noqa: E402
+from tqdm.auto import tqdm
 
-from protocol import DataError, SequenceDataset, load_dataset, load_or_create_negatives  # noqa: E402
-from protocol.data import list_datasets, resolve_data_dir  # noqa: E402
+from protocol import DataError, SequenceDataset, load_dataset, load_or_create_negatives
+from protocol.data import list_datasets, resolve_data_dir
 
 log = logging.getLogger("ssi.run_all")
 

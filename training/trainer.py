@@ -59,6 +59,9 @@ class TrainConfig:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: ``$SSI_DEVICE`` when set (``run_all --device`` sets it), else CUDA when present, else CPU."""
+    if name == "auto":
+        name = os.environ.get("SSI_DEVICE", "auto")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
