@@ -49,6 +49,12 @@ def _deliver(fut: asyncio.Future, value: Any, error: BaseException | None) -> No
         fut.set_result(value)
 
 
+def _deliver_all(done: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    """Runs on the event loop: a whole batch's results in one wake-up of the loop."""
+    for fut, value, error in done:
+        _deliver(fut, value, error)
+
+
 class MicroBatcher:
     """Collects requests from the event loop and executes them in batches on one worker thread.
 
@@ -203,8 +209,14 @@ class MicroBatcher:
         if self.metrics is not None:
             self.metrics.inference_count.inc(len(batch))
             self.metrics.execution_count.inc()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any, BaseException | None]]] = {}
         for p, r in zip(batch, results):
-            self._complete(p, r, r if isinstance(r, Exception) else None)
+            by_loop.setdefault(p.loop, []).append((p.future, r, r if isinstance(r, Exception) else None))
+        for loop, done in by_loop.items():  # one thread-safe wake-up per loop, not one per request
+            try:
+                loop.call_soon_threadsafe(_deliver_all, done)
+            except RuntimeError:  # event loop already closed
+                pass
 
     @staticmethod
     def _complete(p: _Pending, value: Any, error: BaseException | None) -> None:

@@ -1,8 +1,9 @@
 """Prometheus metrics (Triton-style) in a registry of their own, one per app.
 
-Requests and errors by endpoint and status, request latency, queue / encode / search time,
-executed batch sizes, queue depth, inference count vs execution count (and their ratio, the
-average executed batch size), the loaded model version, reloads and /eval runs.
+Requests and errors by endpoint and status, request latency, the stages of a /recommend request
+(parse -> queue -> encode -> search -> serialise), executed batch sizes, queue depth, inference count vs execution count (and their ratio, the
+average executed batch size), the loaded model version, reloads and /eval runs, and the usual
+``process_*`` (CPU seconds, resident memory, open files) and ``python_gc_*`` families.
 """
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -30,6 +39,11 @@ class ServingMetrics:
                               registry=r)
         self.request_seconds = Histogram("ssi_request_seconds", "HTTP request latency", ["endpoint"],
                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.parse_seconds = Histogram("ssi_parse_seconds", "request arrival to the /recommend handler: body read, "
+                                       "JSON decoding, validation, routing", buckets=LATENCY_BUCKETS, registry=r)
+        self.serialize_seconds = Histogram("ssi_serialize_seconds", "/recommend handler return to the response "
+                                           "start: response validation and JSON encoding",
+                                           buckets=LATENCY_BUCKETS, registry=r)
         self.queue_seconds = Histogram("ssi_queue_seconds", "time a request waited in the batch queue",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.encode_seconds = Histogram("ssi_encode_seconds", "encoder time per executed batch",
@@ -47,6 +61,8 @@ class ServingMetrics:
         self.evals = Counter("ssi_eval_runs", "/eval runs by result", ["result"], registry=r)
         self.eval_seconds = Histogram("ssi_eval_seconds", "/eval duration", buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
                                       registry=r)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux)
+        GCCollector(registry=r)
 
     def set_average_batch_size(self, fn: Callable[[], float]) -> None:
         self.avg_batch_size.set_function(fn)

@@ -79,8 +79,26 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
+STAGE_KEY = "ssi.timing"  # scope entry shared with the handlers: {"start": t, "handler_done": t}
+
+
+def mark_handler_start(scope: dict, metrics: ServingMetrics) -> None:
+    """Called first thing in a handler: everything since arrival was parsing (body, JSON, validation)."""
+    timing = scope.get(STAGE_KEY)
+    if timing is not None:
+        metrics.parse_seconds.observe(time.perf_counter() - timing["start"])
+
+
+def mark_handler_done(scope: dict) -> None:
+    """Called when a handler has its result: what follows until the response starts is serialisation."""
+    timing = scope.get(STAGE_KEY)
+    if timing is not None:
+        timing["handler_done"] = time.perf_counter()
+
+
 class RequestMetricsMiddleware:
-    """Counts requests and errors by endpoint (route template) and status, and times them."""
+    """Counts requests and errors by endpoint (route template) and status, and times them; with
+    ``mark_handler_start`` / ``mark_handler_done`` it also times the parse and serialise stages."""
 
     def __init__(self, app: ASGIApp, metrics: ServingMetrics, known_paths: set[str]) -> None:
         self.app = app
@@ -92,12 +110,16 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        timing = scope[STAGE_KEY] = {"start": start}
         status = 500
 
         async def send_wrapper(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                done = timing.get("handler_done")
+                if done is not None:
+                    self.metrics.serialize_seconds.observe(time.perf_counter() - done)
             await send(message)
 
         try:

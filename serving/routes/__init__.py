@@ -13,7 +13,9 @@ from serving.service import Service
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when the server has an API key")
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    """The app's service. ``async`` on purpose: FastAPI runs a sync dependency in its thread pool, a thread
+    hop on every request for a plain attribute read."""
     return request.app.state.service
 
 

@@ -65,3 +65,37 @@ def test_openapi_and_docs(client: TestClient) -> None:
     for path in ("/recommend", "/recommend/batch", "/eval", "/admin/reload", "/health/ready", "/model", "/metrics"):
         assert path in spec["paths"], path
     assert client.get("/docs").status_code == 200
+
+
+def _sample(text: str, name: str) -> float | None:
+    return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(name + " ")), None)
+
+
+def test_metrics_time_parse_and_serialise_of_each_answered_request(client: TestClient) -> None:
+    before = client.get("/metrics").text
+    client.post("/recommend", json={"history": [1, 2], "k": 5})
+    client.post("/recommend/batch", json={"requests": [{"history": [1]}, {"history": [2]}]})
+    client.post("/recommend", json={"history": "1, 2"})  # schema error: 422 before the handler, no stage
+    client.post("/recommend", json={"history": [1, 99999]})  # unknown id: parsed, then 422 from the handler
+    after = client.get("/metrics").text
+
+    def grew(name: str) -> float:
+        return (_sample(after, name) or 0) - (_sample(before, name) or 0)
+
+    assert grew("ssi_parse_seconds_count") == 3 and grew("ssi_serialize_seconds_count") == 2
+    assert _sample(after, "ssi_serialize_seconds_sum") > 0
+
+
+def test_metrics_include_process_cpu_and_memory(client: TestClient) -> None:
+    text = client.get("/metrics").text
+    assert _sample(text, "process_resident_memory_bytes") > 10 * 2**20
+    assert _sample(text, "process_cpu_seconds_total") > 0
+
+
+def test_dependencies_are_coroutines() -> None:
+    """A sync dependency costs a thread-pool hop on every request (FastAPI runs it in a worker thread)."""
+    import inspect
+
+    from serving.routes import get_service, require_api_key
+
+    assert inspect.iscoroutinefunction(get_service) and inspect.iscoroutinefunction(require_api_key)
