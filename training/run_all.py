@@ -128,7 +128,9 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
     from training.students import ImitationConfig, train_student
 
     teacher_dirs = {t: Run(run.dataset, f"teacher_{t}", first_seed, run.layers).dir(out) for t in spec.teachers}
-    imitation = ImitationConfig(use_kl=spec.use_kl, use_mse=spec.use_mse)
+    # cpu preset: teacher distributions precomputed once (no teacher matmul/softmax per batch; see
+    # training/teacher_cache.py); on a GPU the per-batch matmul is cheaper than reading them back.
+    imitation = ImitationConfig(use_kl=spec.use_kl, use_mse=spec.use_mse, cache_probs=preset == "cpu")
     return train_student(spec.student, ds, preset, run_dir, teacher_dirs=teacher_dirs, imitation=imitation,
                          loss=spec.loss, seed=run.seed, resume=resume)
 

@@ -23,7 +23,10 @@ Teachers are frozen and kept out of the task's modules (so they are never put in
 optimised and never written into checkpoints). They are deterministic, so by default their query
 vectors (B, d+1) for every training example are computed once, on the first epoch, and teacher logits
 are one matmul per batch (``cache_teacher``); ``cache_teacher=False`` runs the teachers on every
-batch. The time spent on the cache is logged in the history as ``teacher_cache_s``.
+batch. The time spent on the cache is logged in the history as ``teacher_cache_s``. With
+``cache_probs`` the teachers' distributions themselves are precomputed once (float16 memory maps shared
+by runs with the same teachers and examples, ``training/teacher_cache.py``), so a batch's KL needs no
+teacher matmul and no teacher softmax; run_all uses it for the ``cpu`` preset.
 
 Training examples:
 - HGN: windows of the last L items before ``T`` targets (``inputs = s[t-L:t]`` left-padded,
@@ -69,6 +72,7 @@ from protocol import (
 from training.io import atomic_write_json, read_json
 from training.runs import RunError, is_finished, load_run_model
 from training.scoring import ContractScorer
+from training.teacher_cache import TeacherProbCache, kl_from_cached
 from training.trainer import TrainConfig, TrainTask, fit, resolve_device
 
 log = logging.getLogger("ssi.students")
@@ -90,12 +94,15 @@ class ImitationConfig:
     lambda_param: Literal["softplus", "exp"] = "softplus"
     always_project: bool = False  # a learned projection even when the student and teacher dims agree
     cache_teacher: bool = True  # teacher queries computed once (teachers are frozen and deterministic)
+    cache_probs: bool = False  # teacher distributions precomputed once, float16 memory-mapped (teacher_cache.py)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.lambda_init <= 0:
             raise ValueError(f"lambda_init must be > 0, got {self.lambda_init}")
+        if self.cache_probs and not self.cache_teacher:
+            raise ValueError("cache_probs needs cache_teacher (the distributions are built from the cached queries)")
 
     @property
     def active(self) -> bool:
@@ -258,6 +265,7 @@ class FrozenTeacher:
         with torch.no_grad():
             self.items = self.model.item_vectors().detach().float()  # (N, D_t + 1), bias last
         self.cache: torch.Tensor | None = None  # (E, D_t + 1) queries of every training example
+        self.probs: TeacherProbCache | None = None  # (E, N) distributions, with ImitationConfig.cache_probs
 
     @classmethod
     def load(cls, name: str, run_dir: Path, ds: SequenceDataset) -> FrozenTeacher:
@@ -398,6 +406,11 @@ class StudentTask(TrainTask):
             self._log_extra["teacher_cache_s"] = round(self.teacher_cache_s, 2)
             log.info("teacher queries cached for %d examples x %d teachers in %.1fs", len(hist),
                      len(self.teachers), self.teacher_cache_s)
+        if self.imitation.cache_probs and self.imitation.use_kl and any(t.probs is None for t in self.teachers.values()):
+            t0 = time.time()
+            for t in self.teachers.values():
+                t.probs = TeacherProbCache.build(t.cache, t.items, self.imitation.temperature)
+            self._log_extra["teacher_probs_s"] = round(time.time() - t0, 2)
 
     def teacher_logits(self, teacher: FrozenTeacher, example: torch.Tensor) -> torch.Tensor:
         """(M, N) teacher logits of the examples ``example`` (M,)."""
@@ -440,7 +453,10 @@ class StudentTask(TrainTask):
             log_p_s = F.log_softmax(logits / tau, dim=-1) if self.imitation.use_kl else None  # (M, N)
             for i, (name, t) in enumerate(self.teachers.items()):
                 imit = torch.zeros((), device=q.device)
-                if self.imitation.use_kl:
+                if self.imitation.use_kl and t.probs is not None:
+                    probs, negent = t.probs.rows(example, q.device)
+                    terms[f"kl_{name}"] = kl_from_cached(log_p_s, probs, negent, tau)
+                elif self.imitation.use_kl:
                     terms[f"kl_{name}"] = kl_from_log_probs(log_p_s, self.teacher_logits(t, example), tau)
                     imit = imit + terms[f"kl_{name}"]
                 if self.imitation.use_mse:
@@ -588,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-mse", action="store_true", help="no item-representation imitation (MSE)")
     p.add_argument("--temperature", type=float, default=1.0, help="KL temperature (default 1)")
     p.add_argument("--no-teacher-cache", action="store_true", help="run the teachers on every batch")
+    p.add_argument("--cache-probs", action="store_true",
+                   help="precompute the teachers' distributions once (float16 memory maps in $SSI_CACHE_DIR): "
+                        "a much cheaper KL per batch on a CPU, ~2 bytes x examples x items of disk per teacher")
     p.add_argument("--loss", choices=("bpr", "ce"), default=None, help="student loss (default: the model's own)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epoch cap")
@@ -601,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(teachers) != len(a.teachers):
         p.error("a teacher name is given twice")
     imitation = ImitationConfig(use_kl=not a.no_kl, use_mse=not a.no_mse, temperature=a.temperature,
-                                cache_teacher=not a.no_teacher_cache)
+                                cache_teacher=not a.no_teacher_cache, cache_probs=a.cache_probs)
     try:
         ds = load_dataset(a.dataset, a.data_dir)
         run_dir = Path(a.run_dir) if a.run_dir else Path(a.out) / ds.name / default_run_name(
