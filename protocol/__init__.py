@@ -10,7 +10,18 @@ from protocol.negatives import Negatives, load_or_create_negatives
 from protocol.split import eval_examples, pad_left, train_sequences
 
 __all__ = [
-    "DataError", "SequenceDataset", "load_dataset", "resolve_data_dir",
-    "Scorer", "evaluate", "KS", "metrics_from_ranks", "pessimistic_ranks",
-    "Negatives", "load_or_create_negatives", "eval_examples", "pad_left", "train_sequences",
+    "KS",
+    "DataError",
+    "Negatives",
+    "Scorer",
+    "SequenceDataset",
+    "eval_examples",
+    "evaluate",
+    "load_dataset",
+    "load_or_create_negatives",
+    "metrics_from_ranks",
+    "pad_left",
+    "pessimistic_ranks",
+    "resolve_data_dir",
+    "train_sequences",
 ]

@@ -108,7 +108,7 @@ def parse_sequences(path: Path, min_items: int = MIN_ITEMS, skip_short: bool = T
     skipped = 0
     seen_users: dict[int, int] = {}
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, encoding="utf-8")  # noqa: SIM115 - opened apart from the with below to name the file in the error
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e.strerror})") from None
     with fh:

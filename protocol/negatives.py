@@ -103,8 +103,7 @@ def load_or_create_negatives(
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as fh:
-            for u, row in zip(ds.users.tolist(), items):
-                fh.write(f"{u} " + " ".join(map(str, row.tolist())) + "\n")
+            fh.writelines(f"{u} " + " ".join(map(str, row.tolist())) + "\n" for u, row in zip(ds.users.tolist(), items))
         os.replace(tmp, path)
     else:
         items = _read(path, ds, n)

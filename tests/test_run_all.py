@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(args: list[str], env_extra: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "training/run_all.py", *args], cwd=ROOT, env=env, text=True,
+    return subprocess.run([sys.executable, "training/run_all.py", *args], check=False, cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout)
 
 

@@ -34,7 +34,7 @@ def _agg(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def collect(runs: list["Run"], results: dict["Run", dict], protocol: str, split: str = "test"):
+def collect(runs: list[Run], results: dict[Run, dict], protocol: str, split: str = "test"):
     """{(dataset, row name): {metric: [value per seed]}} in run order."""
     rows: dict[tuple[str, str], dict[str, list[float]]] = {}
     for r in runs:

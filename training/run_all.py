@@ -162,7 +162,7 @@ def export_best(runs: list[Run], results: dict[Run, dict], out: Path, export_out
     best = max(cands, key=lambda r: results[r]["valid"]["sampled"]["ndcg@10"])
     log.info("exporting %s (valid NDCG@10 %.4f)", best.dir(out), results[best]["valid"]["sampled"]["ndcg@10"])
     cmd = [sys.executable, "-m", "export", str(best.dir(out)), "--out", str(export_out)]
-    proc = subprocess.run(cmd, text=True, capture_output=True)
+    proc = subprocess.run(cmd, text=True, capture_output=True, check=False)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
@@ -207,7 +207,7 @@ def _init_distributed() -> tuple[int, int]:
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_rank(), dist.get_world_size()
 
 

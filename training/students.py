@@ -24,7 +24,7 @@ optimised and never written into checkpoints). They are deterministic, so by def
 vectors (B, d+1) for every training example are computed once, on the first epoch, and teacher logits
 are one matmul per batch (``cache_teacher``); ``cache_teacher=False`` runs the teachers on every
 batch. The time spent on the cache is logged in the history as ``teacher_cache_s``. With
-``cache_probs`` the teachers' distributions themselves are precomputed once (float16 memory maps shared
+``cache_probs`` the teachers' distributions themselves are precomputed once (float16 files shared
 by runs with the same teachers and examples, ``training/teacher_cache.py``), so a batch's KL needs no
 teacher matmul and no teacher softmax; run_all uses it for the ``cpu`` preset.
 
@@ -94,7 +94,7 @@ class ImitationConfig:
     lambda_param: Literal["softplus", "exp"] = "softplus"
     always_project: bool = False  # a learned projection even when the student and teacher dims agree
     cache_teacher: bool = True  # teacher queries computed once (teachers are frozen and deterministic)
-    cache_probs: bool = False  # teacher distributions precomputed once, float16 memory-mapped (teacher_cache.py)
+    cache_probs: bool = False  # teacher distributions precomputed once, float16 files (teacher_cache.py)
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=1.0, help="KL temperature (default 1)")
     p.add_argument("--no-teacher-cache", action="store_true", help="run the teachers on every batch")
     p.add_argument("--cache-probs", action="store_true",
-                   help="precompute the teachers' distributions once (float16 memory maps in $SSI_CACHE_DIR): "
+                   help="precompute the teachers' distributions once (float16 files in $SSI_CACHE_DIR): "
                         "a much cheaper KL per batch on a CPU, ~2 bytes x examples x items of disk per teacher")
     p.add_argument("--loss", choices=("bpr", "ce"), default=None, help="student loss (default: the model's own)")
     p.add_argument("--seed", type=int, default=42)

@@ -18,9 +18,10 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ class Trainer:
         self.rank, self.world = dist_info()
         self.device = resolve_device(cfg.device)
         if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.run_info = run_info or {}
         self.task.to(self.device)
         params = [p for p in self.task.parameters() if p.requires_grad]
