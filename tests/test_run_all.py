@@ -65,3 +65,10 @@ def test_smoke_reproduction_writes_every_report_file(tmp_path, shared_data_dir):
     assert p2.returncode == 0
     hist = out / "lastfm" / "ssi_hgn" / "seed42" / "history.json"
     assert json.loads(hist.read_text()) and "resumed" not in p2.stderr
+    assert "| lastfm | ssi_hgn − hgn | 42 |" in (report / "gains.md").read_text()
+    assert doc["gains"][0]["ssi"] == "ssi_hgn" and len(doc["gains"][0]["sampled ndcg@10"]["per_seed"]) == 1
+    # --report-only trains nothing: an unfinished row is named as missing
+    p3 = _run([*args, "--report-only", "--models", "hgn", "gru4rec"])
+    assert p3.returncode == 0, p3.stderr[-3000:]
+    assert "lastfm/gru4rec/seed42" in p3.stderr and not (out / "lastfm" / "gru4rec").exists()
+    assert "| lastfm | hgn |" in (report / "table2.md").read_text()

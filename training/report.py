@@ -98,6 +98,33 @@ def table3(rows) -> str:
     return "\n".join(md) + "\n"
 
 
+GAIN_PAIRS = (("ssi_hgn", "hgn"), ("ssi_hgn_ce", "hgn_ce"), ("ssi_gru4rec", "gru4rec"))
+GAIN_METRICS = (("sampled", "recall@10"), ("sampled", "ndcg@10"), ("full", "recall@10"), ("full", "ndcg@10"))
+
+
+def gains(runs, results) -> tuple[str, list[dict[str, Any]]]:
+    """The SSI gain (student with imitation minus the same student alone), paired by seed: mean +- std
+    of the per-seed differences over the seeds both rows have. Markdown and machine-readable rows."""
+    by = {(r.dataset, r.name, r.seed): results[r] for r in runs if r in results and r.layers is None}
+    md = ["| dataset | gain | seeds | " + " | ".join(f"{p} {m}" for p, m in GAIN_METRICS) + " |",
+          "|---|---|---|" + "---|" * len(GAIN_METRICS)]
+    out: list[dict[str, Any]] = []
+    for ds in sorted({k[0] for k in by}):
+        for ssi, alone in GAIN_PAIRS:
+            seeds = sorted(s for d, n, s in by if d == ds and n == ssi and (ds, alone, s) in by)
+            if not seeds:
+                continue
+            cells, row = [], {"dataset": ds, "ssi": ssi, "alone": alone, "seeds": seeds}
+            for proto, m in GAIN_METRICS:
+                diffs = [by[(ds, ssi, s)]["test"][proto][m] - by[(ds, alone, s)]["test"][proto][m] for s in seeds]
+                mean, std = _agg(diffs)
+                row[f"{proto} {m}"] = {"mean": mean, "std": std, "per_seed": diffs}
+                cells.append(f"{mean:+.4f}" + (f" ± {std:.4f}" if len(seeds) > 1 else ""))
+            md.append(f"| {ds} | {ssi} − {alone} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+            out.append(row)
+    return "\n".join(md) + "\n", out
+
+
 def fig3(rows, path: Path) -> bool:
     names = ["hgn", "ssi_hgn_temporal", "ssi_hgn_persona", "ssi_hgn_global", "ssi_hgn"]
     labels = ["HGN", "+temporal", "+persona", "+global", "+all three"]
@@ -196,11 +223,14 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     sampled = collect(runs, results, "sampled")
     atomic_write_text(report / "table3.md", "# Table 3: imitation ablation (HGN student, test, sampled)\n\n"
                       + table3(sampled))
+    gain_md, gain_rows = gains(runs, results)
+    atomic_write_text(report / "gains.md", "# SSI gain: with imitation minus the same student alone (test)\n\n"
+                      "Paired by seed: mean ± std of the per-seed differences.\n\n" + gain_md)
     figures = {"fig3": fig3(sampled, report / "fig3.png"), "fig4": fig4(runs, results, report / "fig4.png")}
     figures["curves"] = curves(runs, out, report)
     doc: dict[str, Any] = {
         "preset": preset, "wall_time_s": round(wall_time_s, 1), "peak_rss_mb": round(peak_rss_mb, 1),
-        "packages": _versions(), "figures": figures,
+        "packages": _versions(), "figures": figures, "gains": gain_rows,
         "datasets": {n: {"path": str(d.path), "sha256": d.sha256, "negatives_sha256": negatives.get(n),
                          "users": d.num_users, "items": d.num_items} for n, d in datasets.items()},
         "runs": [{"dataset": r.dataset, "model": r.name, "seed": r.seed, "dir": str(r.dir(out)),

@@ -195,6 +195,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--fresh", dest="resume", action="store_false", help="retrain every run from scratch")
     p.add_argument("--export-out", type=Path, default=Path("artifacts/serving"), help="where the artifact goes")
     p.add_argument("--no-export", action="store_true", help="skip the export of the best SSI student")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the runs of the plan that are finished "
+                        "(the others are listed as missing); no export")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -236,12 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     log.info("preset %s%s | datasets %s | %d runs | seeds %s | out %s | world size %d", preset,
              "" if args.preset else " (default for this device)", ", ".join(datasets), len(runs), seeds, args.out, world)
     results: dict[Run, dict] = {}
+    missing: list[Run] = []
     t_start = time.time()
     bar = tqdm(runs, desc="runs", unit="run", disable=rank != 0, dynamic_ncols=True)
     for run in bar:
         bar.set_postfix_str(f"{run.dataset}/{run.name}/seed{run.seed}")
         ds = datasets[run.dataset]
         if CATALOG[run.model].mostpop and rank != 0:
+            continue
+        if args.report_only and not (run.dir(args.out) / "metrics.json").is_file():  # = runs.is_finished
+            missing.append(run)
             continue
         t0 = time.time()
         m = execute(run, ds, preset, args.out, args.resume, seeds[0])
@@ -260,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
                               peak_rss_mb=peak_rss_mb, negatives={n: load_or_create_negatives(d).sha256
                                                                   for n, d in datasets.items()})
     log.info("report written to %s (peak RSS %.0f MB)", report_dir, peak_rss_mb)
-    if not args.no_export:
+    if missing:
+        log.warning("%d planned runs are not finished and are not in the report: %s", len(missing),
+                    ", ".join(f"{r.dataset}/{r.name}/seed{r.seed}" for r in missing))
+    if not args.no_export and not args.report_only:
         artifact = export_best(runs, results, args.out, args.export_out)
         if artifact:
             log.info("artifact ready to serve: %s  (python -m serving)", artifact)
