@@ -453,11 +453,12 @@ class StudentTask(TrainTask):
             log_p_s = F.log_softmax(logits / tau, dim=-1) if self.imitation.use_kl else None  # (M, N)
             for i, (name, t) in enumerate(self.teachers.items()):
                 imit = torch.zeros((), device=q.device)
-                if self.imitation.use_kl and t.probs is not None:
-                    probs, negent = t.probs.rows(example, q.device)
-                    terms[f"kl_{name}"] = kl_from_cached(log_p_s, probs, negent, tau)
-                elif self.imitation.use_kl:
-                    terms[f"kl_{name}"] = kl_from_log_probs(log_p_s, self.teacher_logits(t, example), tau)
+                if self.imitation.use_kl:
+                    if t.probs is not None:
+                        probs, negent = t.probs.rows(example, q.device)
+                        terms[f"kl_{name}"] = kl_from_cached(log_p_s, probs, negent, tau)
+                    else:
+                        terms[f"kl_{name}"] = kl_from_log_probs(log_p_s, self.teacher_logits(t, example), tau)
                     imit = imit + terms[f"kl_{name}"]
                 if self.imitation.use_mse:
                     terms[f"mse_{name}"] = mse_imitation(student_table, t.item_table(), self.projections[name])

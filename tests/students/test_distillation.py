@@ -32,9 +32,13 @@ def first_batch(task):
     return next(task.batches(1, np.random.default_rng(0), 0, 1))
 
 
+@pytest.mark.parametrize("cache_probs", [False, True], ids=["live-logits", "cached-probs"])
 @pytest.mark.parametrize("student", ["hgn", "gru4rec"])
-def test_loss_is_student_plus_weighted_imitation_plus_regulariser(student_ds, teacher_dirs, student):
-    task = make_task(student_ds, teacher_dirs, student)
+def test_loss_is_student_plus_weighted_imitation_plus_regulariser(student_ds, teacher_dirs, student, cache_probs,
+                                                                  tmp_path, monkeypatch):
+    monkeypatch.setenv("SSI_CACHE_DIR", str(tmp_path))
+    task = make_task(student_ds, teacher_dirs, student, ImitationConfig(cache_probs=cache_probs))
+    assert all((t.probs is not None) == cache_probs for t in task.teachers.values())
     with torch.no_grad():
         task.lambdas.raw.copy_(torch.tensor([0.1, 0.7, -0.4]))
     torch.manual_seed(1)
