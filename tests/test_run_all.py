@@ -38,6 +38,7 @@ def test_unwritable_out_fails_fast(tmp_path, shared_data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # three invocations; a busy machine can take more than the default 600 s
 def test_smoke_reproduction_writes_every_report_file(tmp_path, shared_data_dir):
     out, serving = tmp_path / "runs", tmp_path / "serving"
     args = ["--preset", "smoke", "--datasets", "lastfm", "--data-dir", str(shared_data_dir), "--out", str(out),
