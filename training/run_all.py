@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = plan(list(datasets), models, seeds, args.teacher_layers)
     log.info("preset %s%s | datasets %s | %d runs | seeds %s | out %s | world size %d", preset,
              "" if args.preset else " (default for this device)", ", ".join(datasets), len(runs), seeds, args.out, world)
+    from training.runs import is_finished  # torch-importing; kept out of --help
+
     results: dict[Run, dict] = {}
     missing: list[Run] = []
     t_start = time.time()
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = datasets[run.dataset]
         if CATALOG[run.model].mostpop and rank != 0:
             continue
-        if args.report_only and not (run.dir(args.out) / "metrics.json").is_file():  # = runs.is_finished
+        if args.report_only and not is_finished(run.dir(args.out)):
             missing.append(run)
             continue
         t0 = time.time()
