@@ -559,7 +559,8 @@ def _serving_defaults() -> str:
         from serving.config import Settings
 
         f = Settings.model_fields
-        return (f"max_batch_size {f['max_batch_size'].default}, max_queue_delay {f['max_queue_delay_ms'].default} ms, "
+        return (f"batching_mode {f['batching_mode'].default} (loop on CPU), "
+                f"max_batch_size {f['max_batch_size'].default}, max_queue_delay {f['max_queue_delay_ms'].default} ms, "
                 f"{f['ort_threads'].default} ORT/FAISS thread")
     except (ImportError, KeyError):
         return "default settings"
@@ -577,6 +578,9 @@ def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, tra
          specs["ours"], traffic, "ours"),
         ("uvicorn workers", "2 worker processes", ServerSpec("lever-workers2", "", ours_launcher + ["--workers", "2"],
                                                              base_env), traffic, "ours"),
+        ("batching mode", "thread (batches on a worker thread, the GPU mode)",
+         ServerSpec("lever-thread", "", [PY, "-m", "serving"], {**base_env, "SSI_BATCHING_MODE": "thread"}, None),
+         traffic, "ours"),
         ("batching", "max_queue_delay 0 ms",
          ServerSpec("lever-delay0", "", [PY, "-m", "serving"], {**base_env, "SSI_MAX_QUEUE_DELAY_MS": "0"}, None),
          traffic, "ours"),

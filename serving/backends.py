@@ -224,6 +224,11 @@ class Backend:
     searcher: Searcher
     items: np.ndarray  # (N, D) float32 host copy, for candidate scoring and full-catalogue scores
 
+    @property
+    def on_cuda(self) -> bool:
+        """True when the encoder or the index runs on a GPU."""
+        return self.encoder.on_cuda or self.searcher.device == "cuda"
+
     def encode(self, history: np.ndarray, users: np.ndarray) -> np.ndarray:
         return self.encoder.encode(history, users)
 

@@ -1,10 +1,21 @@
-"""Dynamic micro-batching with Triton's semantics, on one worker thread that owns ORT and FAISS.
+"""Dynamic micro-batching, in two execution modes behind one interface.
 
-A batch is sent as soon as it holds ``max_batch_size`` requests, otherwise when its oldest request
-has waited ``max_queue_delay``. The queue is bounded: ``submit`` raises ``QueueFullError`` when it is
-full (the API answers 503 with Retry-After). Besides request batches the worker runs *jobs*
-(callables, e.g. chunks of an ``/eval``), alternating with batches so that a long job stream never
-starves ``/recommend``.
+- ``MicroBatcher`` (mode ``thread``): Triton's semantics on one worker thread that owns ORT and FAISS.
+  A batch is sent as soon as it holds ``max_batch_size`` requests, otherwise when its oldest request
+  has waited ``max_queue_delay``. Besides request batches the worker runs *jobs* (callables, e.g.
+  chunks of an ``/eval``), alternating with batches so that a long job stream never starves
+  ``/recommend``. The mode for GPU backends: a CUDA call waits for the device without the GIL, and
+  FAISS GPU indexes must stay on one thread.
+- ``LoopBatcher`` (mode ``loop``): the batch runs on the event-loop thread itself, as soon as the loop
+  has handled the requests that arrived together (or after ``max_queue_delay``), so a batch is what
+  came in during one turn of the loop. No thread hand-off, no GIL ping-pong and no cross-thread
+  wake-up per batch: on a CPU backend, where the model work is a few hundred microseconds of CPU that
+  would hold the GIL anyway, this is the faster mode (``python -m loadtest.bench`` measures both).
+  Jobs run on a separate thread (ORT sessions and FAISS CPU indexes are safe to search concurrently).
+
+Both queues are bounded: ``enqueue`` raises ``QueueFullError`` when full (the API answers 503 with
+Retry-After). ``execute(payloads) -> results``: a result that is an ``Exception`` fails only its own
+request, an exception raised by ``execute`` fails the whole batch.
 """
 from __future__ import annotations
 
@@ -55,12 +66,8 @@ def _deliver_all(done: list[tuple[asyncio.Future, Any, BaseException | None]]) -
         _deliver(fut, value, error)
 
 
-class MicroBatcher:
-    """Collects requests from the event loop and executes them in batches on one worker thread.
-
-    ``execute(payloads) -> results`` runs on the worker; a result that is an ``Exception`` fails only
-    its own request, an exception raised by ``execute`` fails the whole batch.
-    """
+class _Batcher:
+    """What both modes share: the execute function, limits, counters and metrics."""
 
     def __init__(
         self,
@@ -76,14 +83,91 @@ class MicroBatcher:
         self.max_queue_size = max_queue_size
         self.metrics = metrics
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._jobs: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
-        self._cond = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
         self.inference_count = 0  # requests executed
         self.execution_count = 0  # batches executed
         if metrics is not None:
             metrics.set_average_batch_size(lambda: self.average_batch_size)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def average_batch_size(self) -> float:
+        return self.inference_count / self.execution_count if self.execution_count else 0.0
+
+    async def submit(self, payload: Any, timeout: float | None = None) -> Any:
+        """Queue one payload and wait for its result."""
+        (fut,) = self.enqueue([payload])
+        return await asyncio.wait_for(fut, timeout)
+
+    def _admit(self, payloads: Sequence[Any]) -> list[_Pending]:
+        """Wrap ``payloads`` for the queue, or raise when stopping / full. Call with the queue guarded."""
+        if self._stopping:
+            raise BatcherStopped("server is shutting down")
+        if len(self._queue) + len(payloads) > self.max_queue_size:
+            raise QueueFullError(f"request queue is full ({len(self._queue)}/{self.max_queue_size})")
+        loop = asyncio.get_running_loop()
+        return [_Pending(p, loop.create_future(), loop) for p in payloads]
+
+    def _pop_batch(self) -> list[_Pending]:
+        """Up to ``max_batch_size`` queued requests whose callers still wait. Call with the queue guarded."""
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            p = self._queue.popleft()
+            if not p.future.done():  # skip requests whose caller gave up
+                batch.append(p)
+        return batch
+
+    def _execute(self, batch: list[_Pending]) -> list[Any]:
+        """Run one batch and count it; never raises (a failed batch fails each of its requests)."""
+        self._set_depth()
+        now = time.perf_counter()
+        if self.metrics is not None:
+            for p in batch:
+                self.metrics.queue_seconds.observe(now - p.enqueued)
+            self.metrics.batch_size.observe(len(batch))
+        try:
+            results = list(self.execute([p.payload for p in batch]))
+        except Exception as e:
+            log.exception("batch of %d failed", len(batch))
+            results = [e] * len(batch)
+        self.inference_count += len(batch)
+        self.execution_count += 1
+        if self.metrics is not None:
+            self.metrics.inference_count.inc(len(batch))
+            self.metrics.execution_count.inc()
+        return results
+
+    @staticmethod
+    def _complete(p: _Pending, value: Any, error: BaseException | None) -> None:
+        """Thread-safe: complete ``p`` on its own event loop."""
+        try:
+            p.loop.call_soon_threadsafe(_deliver, p.future, value, error)
+        except RuntimeError:  # event loop already closed
+            pass
+
+    def _set_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._queue))
+
+
+class MicroBatcher(_Batcher):
+    """Mode ``thread``: requests from the event loop, executed in batches on one worker thread."""
+
+    def __init__(
+        self,
+        execute: Callable[[list[Any]], Sequence[Any]],
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
+        super().__init__(execute, max_batch_size, max_queue_delay_s, max_queue_size, metrics)
+        self._jobs: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -111,33 +195,15 @@ class MicroBatcher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
-
-    @property
-    def average_batch_size(self) -> float:
-        return self.inference_count / self.execution_count if self.execution_count else 0.0
-
     # ------------------------------------------------------------------ producers
     def enqueue(self, payloads: Sequence[Any]) -> list[asyncio.Future]:
         """Queue all ``payloads`` or none (QueueFullError). Call from the event loop."""
-        loop = asyncio.get_running_loop()
-        items = [_Pending(p, loop.create_future(), loop) for p in payloads]
         with self._cond:
-            if self._stopping:
-                raise BatcherStopped("server is shutting down")
-            if len(self._queue) + len(items) > self.max_queue_size:
-                raise QueueFullError(f"request queue is full ({len(self._queue)}/{self.max_queue_size})")
+            items = self._admit(payloads)
             self._queue.extend(items)
             self._cond.notify()
         self._set_depth()
         return [i.future for i in items]
-
-    async def submit(self, payload: Any, timeout: float | None = None) -> Any:
-        """Queue one payload and wait for its result."""
-        (fut,) = self.enqueue([payload])
-        return await asyncio.wait_for(fut, timeout)
 
     def run_job(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run ``fn()`` on the worker thread between batches. Call from any thread but the worker."""
@@ -177,14 +243,10 @@ class MicroBatcher:
             if remaining <= 0:
                 break
             self._cond.wait(remaining)
-        batch: list[_Pending] = []
-        while self._queue and len(batch) < self.max_batch_size:
-            p = self._queue.popleft()
-            if not p.future.done():  # skip requests whose caller gave up
-                batch.append(p)
-        return batch
+        return self._pop_batch()
 
-    def _run_job(self, fn: Callable[[], Any], fut: concurrent.futures.Future) -> None:
+    @staticmethod
+    def _run_job(fn: Callable[[], Any], fut: concurrent.futures.Future) -> None:
         if not fut.set_running_or_notify_cancel():
             return
         try:
@@ -193,22 +255,7 @@ class MicroBatcher:
             fut.set_exception(e)
 
     def _run_batch(self, batch: list[_Pending]) -> None:
-        self._set_depth()
-        now = time.perf_counter()
-        if self.metrics is not None:
-            for p in batch:
-                self.metrics.queue_seconds.observe(now - p.enqueued)
-            self.metrics.batch_size.observe(len(batch))
-        try:
-            results = self.execute([p.payload for p in batch])
-        except Exception as e:
-            log.exception("batch of %d failed", len(batch))
-            results = [e] * len(batch)
-        self.inference_count += len(batch)
-        self.execution_count += 1
-        if self.metrics is not None:
-            self.metrics.inference_count.inc(len(batch))
-            self.metrics.execution_count.inc()
+        results = self._execute(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any, BaseException | None]]] = {}
         for p, r in zip(batch, results):
             by_loop.setdefault(p.loop, []).append((p.future, r, r if isinstance(r, Exception) else None))
@@ -218,13 +265,90 @@ class MicroBatcher:
             except RuntimeError:  # event loop already closed
                 pass
 
-    @staticmethod
-    def _complete(p: _Pending, value: Any, error: BaseException | None) -> None:
-        try:
-            p.loop.call_soon_threadsafe(_deliver, p.future, value, error)
-        except RuntimeError:  # event loop already closed
-            pass
 
-    def _set_depth(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.set(len(self._queue))
+class LoopBatcher(_Batcher):
+    """Mode ``loop``: batches run on the event-loop thread, jobs on one helper thread.
+
+    The first request of a batch schedules a flush: with ``max_queue_delay`` 0, right after the loop
+    has run the callbacks that are ready now (every request that arrived in the same turn joins), else
+    after the delay; a batch that reaches ``max_batch_size`` is flushed at once. ``enqueue`` and the
+    flush run on the loop thread; ``stop`` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        execute: Callable[[list[Any]], Sequence[Any]],
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
+        super().__init__(execute, max_batch_size, max_queue_delay_s, max_queue_size, metrics)
+        self._lock = threading.Lock()  # guards the queue against stop() from another thread
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._jobs: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            self._stopping = False
+            if self._jobs is None:
+                self._jobs = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="serving-jobs")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking work and fail whatever is still queued (a batch runs to its end on the loop)."""
+        with self._lock:
+            self._stopping = True
+            pending, self._queue = list(self._queue), collections.deque()
+            jobs, self._jobs = self._jobs, None
+        for p in pending:
+            self._complete(p, None, BatcherStopped("server is shutting down"))
+        if jobs is not None:
+            jobs.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def running(self) -> bool:
+        return self._jobs is not None and not self._stopping
+
+    def enqueue(self, payloads: Sequence[Any]) -> list[asyncio.Future]:
+        """Queue all ``payloads`` or none (QueueFullError). Call from the event loop."""
+        with self._lock:
+            items = self._admit(payloads)
+            self._queue.extend(items)
+            size = len(self._queue)
+        loop = items[0].loop if items else asyncio.get_running_loop()
+        if size >= self.max_batch_size:
+            self._schedule(loop, now=True)
+        elif self._flush_handle is None:
+            self._schedule(loop, now=self.max_queue_delay_s <= 0)
+        self._set_depth()
+        return [i.future for i in items]
+
+    def run_job(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run ``fn()`` on the job thread. Call from any thread but the event loop's."""
+        jobs = self._jobs
+        if jobs is None or self._stopping:
+            raise BatcherStopped("server is shutting down")
+        return jobs.submit(fn)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, now: bool) -> None:
+        handle = self._flush_handle
+        if handle is not None:
+            if not now or not isinstance(handle, asyncio.TimerHandle):
+                return  # a flush is already due at least as soon
+            handle.cancel()
+        if now:
+            self._flush_handle = loop.call_soon(self._flush, loop)
+        else:
+            self._flush_handle = loop.call_later(self.max_queue_delay_s, self._flush, loop)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._flush_handle = None
+        with self._lock:
+            batch = self._pop_batch()
+            left = len(self._queue)
+        if left:  # more than one batch was queued: the rest has waited long enough
+            self._schedule(loop, now=True)
+        if not batch:
+            return
+        for p, r in zip(batch, self._execute(batch)):
+            _deliver(p.future, r, r if isinstance(r, Exception) else None)

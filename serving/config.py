@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     # Compute
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when usable")
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads (and FAISS/OMP threads)")
-    # Dynamic batching (Triton semantics)
+    # Dynamic batching
+    batching_mode: Literal["auto", "loop", "thread"] = Field(
+        "auto", description="where batches run: loop = on the event-loop thread (fastest on CPU), thread = one "
+        "worker thread (GPU backends); auto = loop on CPU, thread on CUDA")
     max_batch_size: int = Field(32, ge=1, le=1024, description="largest batch the worker executes")
     max_queue_delay_ms: float = Field(1.0, ge=0.0, le=10_000.0, description="longest wait of the oldest request")
     max_queue_size: int = Field(1024, ge=1, description="queued requests beyond this get 503 + Retry-After")

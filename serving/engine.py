@@ -31,6 +31,7 @@ from serving.schemas import RecommendRequest, RecommendResponse
 
 log = logging.getLogger("serving.engine")
 MAX_UNKNOWN_LISTED = 20
+SHARED_FETCH = 64  # requests fetching up to this many items share one index search per batch
 
 
 @dataclass(frozen=True, eq=False)
@@ -267,19 +268,32 @@ class Executor:
 
     @staticmethod
     def _search(backend: Backend, queries: np.ndarray, qs: list[Query], results: list[Ranked | None]) -> None:
-        """Whole-catalogue requests, grouped by over-fetch size (next power of two) and searched together."""
+        """Whole-catalogue requests, searched together per over-fetch group.
+
+        A request fetches ``k`` plus the number of seen items it excludes. Requests that fetch at most
+        ``SHARED_FETCH`` share one FAISS call (the usual case: one call per batch); larger fetches are
+        grouped by the next power of two, so one long history does not make the whole batch fetch deep.
+        """
         n = len(backend.items)
-        buckets: dict[int, list[int]] = defaultdict(list)
+        groups: dict[int, list[int]] = defaultdict(list)
         for i, q in enumerate(qs):
             if q.candidates is None:
                 fetch = min(n, q.k + len(q.exclude))
-                buckets[1 << max(0, math.ceil(math.log2(fetch)))].append(i)
-        for rows in buckets.values():
+                groups[max(SHARED_FETCH, 1 << math.ceil(math.log2(fetch)))].append(i)
+        for rows in groups.values():
             fetch = min(n, max(qs[i].k + len(qs[i].exclude) for i in rows))
             scores, ids = backend.search(queries[rows], fetch)
             for j, i in enumerate(rows):
-                keep = _not_in(ids[j], qs[i].exclude, n)
-                results[i] = Ranked(ids=ids[j][keep][: qs[i].k], scores=scores[j][keep][: qs[i].k])
+                results[i] = _top_unseen(ids[j], scores[j], qs[i].exclude, qs[i].k)
+
+
+def _top_unseen(ids: np.ndarray, scores: np.ndarray, exclude: np.ndarray, k: int) -> Ranked:
+    """The first ``k`` of a ranked list that are not in ``exclude`` (a set test: lists here are short)."""
+    if len(exclude) == 0:
+        return Ranked(ids=ids[:k], scores=scores[:k])
+    seen = set(exclude.tolist())
+    keep = [c for c, item in enumerate(ids.tolist()) if item not in seen][:k]
+    return Ranked(ids=ids[keep], scores=scores[keep])
 
 
 def rank_candidates(scores: np.ndarray, candidates: np.ndarray, exclude: np.ndarray, k: int, n: int) -> Ranked:

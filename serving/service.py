@@ -16,7 +16,7 @@ from typing import Any
 from protocol import DataError, evaluate, load_dataset, load_or_create_negatives
 from protocol.data import dataset_path
 from serving.artifact import ArtifactError
-from serving.batching import BatcherStopped, MicroBatcher, QueueFullError
+from serving.batching import BatcherStopped, LoopBatcher, MicroBatcher, QueueFullError
 from serving.config import Settings
 from serving.engine import Executor, ModelState, Prepared, eval_scorer, load_state, prepare, to_response
 from serving.errors import ServingError
@@ -28,6 +28,17 @@ EVAL_TOLERANCE = 1e-4
 RETRY_AFTER_S = "1"
 
 
+def batching_mode(settings: Settings, state: ModelState) -> str:
+    """``loop`` or ``thread``: auto runs batches on the event loop unless the backend uses CUDA."""
+    if settings.batching_mode == "loop" and state.backend.on_cuda:
+        log.warning("batching_mode=loop is not used on a CUDA backend (a FAISS GPU index must stay on one thread, "
+                    "and the loop would wait for the device); batches run on the worker thread")
+        return "thread"
+    if settings.batching_mode != "auto":
+        return settings.batching_mode
+    return "thread" if state.backend.on_cuda else "loop"
+
+
 class Service:
     """Owns the model state, the micro-batcher and the locks for reload and /eval."""
 
@@ -35,8 +46,7 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.state: ModelState | None = None
-        self.batcher = MicroBatcher(Executor(metrics), settings.max_batch_size, settings.max_queue_delay_s,
-                                    settings.max_queue_size, metrics)
+        self.batcher: MicroBatcher | LoopBatcher | None = None  # made in start(), once the backend is known
         self._reload_lock = threading.Lock()
         self._eval_lock = threading.Lock()
 
@@ -45,14 +55,19 @@ class Service:
         """Load (unless given) and warm the model, then start the worker: from here on, ready."""
         state = preloaded or await asyncio.to_thread(load_state, self.settings)
         self._install(state)
+        if self.batcher is None:
+            kind = LoopBatcher if batching_mode(self.settings, state) == "loop" else MicroBatcher
+            self.batcher = kind(Executor(self.metrics), self.settings.max_batch_size, self.settings.max_queue_delay_s,
+                                self.settings.max_queue_size, self.metrics)
         self.batcher.start()
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self.batcher.stop)
+        if self.batcher is not None:
+            await asyncio.to_thread(self.batcher.stop)
 
     @property
     def ready(self) -> bool:
-        return self.state is not None and self.batcher.running
+        return self.state is not None and self.batcher is not None and self.batcher.running
 
     def _install(self, state: ModelState) -> None:
         self.state = state  # one reference assignment: the atomic swap
@@ -60,9 +75,14 @@ class Service:
 
     def current(self) -> ModelState:
         state = self.state
-        if state is None or not self.batcher.running:
+        if state is None or not self.ready:
             raise ServingError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": RETRY_AFTER_S})
         return state
+
+    def _batcher(self) -> MicroBatcher | LoopBatcher:
+        if self.batcher is None:
+            raise ServingError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": RETRY_AFTER_S})
+        return self.batcher
 
     # ------------------------------------------------------------------ recommend
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
@@ -88,7 +108,7 @@ class Service:
 
     async def _run(self, queries: list[Any]) -> list[Any]:
         try:
-            futures = self.batcher.enqueue(queries)
+            futures = self._batcher().enqueue(queries)
         except QueueFullError as e:
             raise ServingError(503, "overloaded", f"{e}; retry shortly", headers={"Retry-After": RETRY_AFTER_S}) from None
         except BatcherStopped as e:
@@ -163,7 +183,7 @@ class Service:
         if art.uses_user and art.num_users is not None and ds.num_users > art.num_users:
             raise ServingError(409, "dataset_mismatch",
                                f"dataset {req.dataset!r} has {ds.num_users} users, the model {art.num_users}")
-        scorer = eval_scorer(state, self.batcher.run_job, self.settings.eval_chunk)
+        scorer = eval_scorer(state, self._batcher().run_job, self.settings.eval_chunk)
         metrics = evaluate(scorer, ds, req.split, req.protocol, max_len=art.max_len, limit_users=req.limit_users,
                            negatives=negatives)
         users = ds.num_users if req.limit_users is None else min(req.limit_users, ds.num_users)
@@ -215,14 +235,15 @@ class Service:
     def describe(self) -> dict[str, Any]:
         """What /model shows: manifest summary, backend (providers actually in use, index), batching."""
         state = self.current()
-        b = self.batcher
+        b = self._batcher()
         return {
             "model": state.artifact.summary(),
             "artifact": state.artifact.path.name,
             **state.backend.describe(),
             "loaded_at": datetime.fromtimestamp(state.loaded_at, timezone.utc).isoformat(),
             "warmup_seconds": round(state.warmup_seconds, 4),
-            "batching": {"max_batch_size": b.max_batch_size, "max_queue_delay_ms": self.settings.max_queue_delay_ms,
+            "batching": {"mode": "loop" if isinstance(b, LoopBatcher) else "thread",
+                         "max_batch_size": b.max_batch_size, "max_queue_delay_ms": self.settings.max_queue_delay_ms,
                          "max_queue_size": b.max_queue_size, "queue_depth": b.depth,
                          "inference_count": b.inference_count, "execution_count": b.execution_count,
                          "average_batch_size": round(b.average_batch_size, 4)},

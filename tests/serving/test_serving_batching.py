@@ -1,4 +1,4 @@
-"""MicroBatcher: Triton semantics (size or delay), bounded queue, jobs between batches, failures."""
+"""Both batchers (thread: MicroBatcher, loop: LoopBatcher): size or delay, bounded queue, jobs, failures."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from serving.batching import MicroBatcher, QueueFullError
+from serving.batching import BatcherStopped, LoopBatcher, MicroBatcher, QueueFullError
 from serving.metrics import ServingMetrics
 
 
@@ -31,9 +31,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_full_batch_is_sent_without_waiting_for_the_delay() -> None:
+@pytest.fixture(params=[MicroBatcher, LoopBatcher], ids=["thread", "loop"])
+def kind(request: pytest.FixtureRequest) -> type:
+    """The batcher class: every contract test below runs for both execution modes."""
+    return request.param
+
+
+def test_full_batch_is_sent_without_waiting_for_the_delay(kind: type) -> None:
     rec = Recorder()
-    b = MicroBatcher(rec, max_batch_size=4, max_queue_delay_s=5.0, max_queue_size=100)
+    b = kind(rec, max_batch_size=4, max_queue_delay_s=5.0, max_queue_size=100)
     b.start()
 
     async def main() -> tuple[list, float]:
@@ -50,9 +56,9 @@ def test_full_batch_is_sent_without_waiting_for_the_delay() -> None:
     assert took < 2.0  # far below the 5 s delay
 
 
-def test_partial_batch_waits_for_the_oldest_request_delay() -> None:
+def test_partial_batch_waits_for_the_oldest_request_delay(kind: type) -> None:
     rec = Recorder()
-    b = MicroBatcher(rec, max_batch_size=64, max_queue_delay_s=0.15, max_queue_size=100)
+    b = kind(rec, max_batch_size=64, max_queue_delay_s=0.15, max_queue_size=100)
     b.start()
 
     async def main() -> float:
@@ -69,10 +75,10 @@ def test_partial_batch_waits_for_the_oldest_request_delay() -> None:
     assert b.average_batch_size == 3.0
 
 
-def test_batches_never_exceed_max_batch_size_and_counts_add_up() -> None:
+def test_batches_never_exceed_max_batch_size_and_counts_add_up(kind: type) -> None:
     rec = Recorder()
     metrics = ServingMetrics()
-    b = MicroBatcher(rec, max_batch_size=5, max_queue_delay_s=0.01, max_queue_size=1000, metrics=metrics)
+    b = kind(rec, max_batch_size=5, max_queue_delay_s=0.01, max_queue_size=1000, metrics=metrics)
     b.start()
 
     async def main() -> list:
@@ -115,21 +121,26 @@ def test_bounded_queue_rejects_when_full() -> None:
     assert out == [2, 4, 6]
 
 
-def test_enqueue_is_all_or_nothing() -> None:
+def test_enqueue_is_all_or_nothing(kind: type) -> None:
     rec = Recorder()
     rec.gate.clear()
-    b = MicroBatcher(rec, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=3)
+    b = kind(rec, max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=3)
+    b.start()
 
     async def main() -> int:
         with pytest.raises(QueueFullError):
             b.enqueue([1, 2, 3, 4])
         return b.depth
 
-    assert run(main()) == 0
+    try:
+        assert run(main()) == 0
+    finally:
+        b.stop()
+    assert rec.sizes == []
 
 
-def test_item_exception_fails_only_that_request() -> None:
-    b = MicroBatcher(Recorder(), max_batch_size=8, max_queue_delay_s=0.01, max_queue_size=10)
+def test_item_exception_fails_only_that_request(kind: type) -> None:
+    b = kind(Recorder(), max_batch_size=8, max_queue_delay_s=0.01, max_queue_size=10)
     b.start()
 
     async def main() -> list:
@@ -175,3 +186,58 @@ def test_requests_are_served_while_jobs_keep_coming() -> None:
             j.result(10)
         b.stop()
     assert took < 0.5
+
+
+# ------------------------------------------------------------------------------------------- loop mode
+
+
+def test_loop_mode_batches_what_arrived_in_one_turn_on_the_loop_thread() -> None:
+    threads: list[str] = []
+
+    def execute(payloads: list) -> list:
+        threads.append(threading.current_thread().name)
+        return [p + 1 for p in payloads]
+
+    b = LoopBatcher(execute, max_batch_size=32, max_queue_delay_s=0.0, max_queue_size=100)
+    b.start()
+
+    async def main() -> list:
+        first = await asyncio.gather(*(b.submit(i) for i in range(7)))  # one turn: one batch of 7
+        second = await b.submit(100)
+        return first + [second]
+
+    try:
+        out = run(main())
+    finally:
+        b.stop()
+    assert out == [1, 2, 3, 4, 5, 6, 7, 101]
+    assert b.execution_count == 2 and b.average_batch_size == 4.0
+    assert threads == [threading.current_thread().name] * 2  # asyncio.run's thread: the loop's own
+
+
+def test_loop_mode_stop_fails_what_is_queued_and_refuses_new_work() -> None:
+    b = LoopBatcher(lambda p: list(p), max_batch_size=8, max_queue_delay_s=5.0, max_queue_size=10)
+    b.start()
+
+    async def main() -> object:
+        (fut,) = b.enqueue([1])  # waits for the 5 s delay
+        b.stop()
+        with pytest.raises(BatcherStopped):
+            b.enqueue([2])
+        return await asyncio.gather(fut, return_exceptions=True)
+
+    (out,) = run(main())
+    assert isinstance(out, BatcherStopped) and not b.running
+    with pytest.raises(BatcherStopped):
+        b.run_job(lambda: 1)
+
+
+def test_loop_mode_jobs_run_on_their_own_thread() -> None:
+    b = LoopBatcher(lambda p: list(p), max_batch_size=2, max_queue_delay_s=0.0, max_queue_size=10)
+    b.start()
+    try:
+        assert b.run_job(lambda: threading.current_thread().name).result(5).startswith("serving-jobs")
+        with pytest.raises(ZeroDivisionError):
+            b.run_job(lambda: 1 / 0).result(5)
+    finally:
+        b.stop()

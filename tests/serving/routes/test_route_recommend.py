@@ -62,6 +62,17 @@ def test_top_k_matches_reference_and_excludes_seen(client: TestClient, ref: Refe
     np.testing.assert_allclose(body["scores"], s[np.array(body["items"]) - 1], rtol=1e-5)
 
 
+def test_batch_mixing_short_and_long_exclusions_matches_reference(client: TestClient, ref: Reference) -> None:
+    """Short exclusions share one index search per batch, long ones get their own deeper one."""
+    long_history = list(range(NUM_ITEMS - 89, NUM_ITEMS + 1))  # 90 seen items: fetch 100 > the shared 64
+    bodies = [{"history": [3, 7], "k": 10}, {"history": long_history, "k": 10},
+              {"history": [5], "k": 4, "exclude_seen": False}, {"history": long_history[-40:], "k": 10}]
+    results = client.post("/recommend/batch", json={"requests": bodies}).json()["results"]
+    for body, got in zip(bodies, results):
+        exclude = set(body["history"]) if body.get("exclude_seen", True) else set()
+        assert got["items"] == ref.topk(body["history"], body["k"], exclude=exclude)
+
+
 def test_exclude_seen_false_may_return_history_items(client: TestClient, ref: Reference) -> None:
     history = ref.topk([5, 6], 3)  # the model's favourite items, put into the history
     r = post(client, {"history": history, "k": 5, "exclude_seen": False})
@@ -270,7 +281,7 @@ def test_batch_size_limit(make_client, artifact_root: Path) -> None:
 
 
 def _gate(client: TestClient) -> threading.Event:
-    """Hold the worker: every executed batch waits for the returned event."""
+    """Hold the worker thread (batching_mode="thread"): every executed batch waits for the returned event."""
     batcher = client.app.state.service.batcher
     gate, inner = threading.Event(), batcher.execute
 
@@ -283,7 +294,7 @@ def _gate(client: TestClient) -> threading.Event:
 
 
 def test_full_queue_gives_503_with_retry_after(make_client, artifact_root: Path) -> None:
-    c = make_client(artifact_root, max_batch_size=1, max_queue_size=2, max_queue_delay_ms=0)
+    c = make_client(artifact_root, max_batch_size=1, max_queue_size=2, max_queue_delay_ms=0, batching_mode="thread")
     gate = _gate(c)
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(c.post, "/recommend", json={"history": [1, 2], "k": 3}) for _ in range(8)]
@@ -303,13 +314,34 @@ def test_full_queue_gives_503_with_retry_after(make_client, artifact_root: Path)
 
 
 def test_slow_worker_gives_504(make_client, artifact_root: Path) -> None:
-    c = make_client(artifact_root, request_timeout_s=0.2)
+    c = make_client(artifact_root, request_timeout_s=0.2, batching_mode="thread")
     gate = _gate(c)
     try:
         r = c.post("/recommend", json={"history": [1]})
     finally:
         gate.set()
     assert r.status_code == 504 and r.json()["error"] == "timeout"
+
+
+def test_loop_mode_full_queue_gives_503(make_client, artifact_root: Path) -> None:
+    c = make_client(artifact_root, max_queue_size=2, batching_mode="loop")
+    r = c.post("/recommend/batch", json={"requests": [{"history": [1]}] * 3})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and "queue is full" in r.json()["message"]
+    assert c.post("/recommend/batch", json={"requests": [{"history": [1]}] * 2}).status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["loop", "thread"])
+def test_both_batching_modes_give_the_same_answers(make_client, artifact_root: Path, client: TestClient,
+                                                    mode: str) -> None:
+    other = make_client(artifact_root, batching_mode=mode)
+    assert client.get("/model").json()["batching"]["mode"] == "loop"  # auto on a CPU backend
+    assert other.get("/model").json()["batching"]["mode"] == mode
+    bodies = [{"history": [3, 1, 2], "k": 5}, {"history": [4, 5], "k": 3, "exclude_seen": True},
+              {"history": [2], "candidates": [1, 2, 3, 4], "k": 2}, {"history": [], "k": 4}]
+    for body in bodies:
+        assert post(other, body).json() == post(client, body).json()
+    batch = other.post("/recommend/batch", json={"requests": bodies}).json()["results"]
+    assert batch == [post(client, b).json() for b in bodies]
 
 
 def test_inference_failure_is_a_json_500_and_the_server_recovers(client: TestClient) -> None:
