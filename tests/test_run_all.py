@@ -73,3 +73,29 @@ def test_smoke_reproduction_writes_every_report_file(tmp_path, shared_data_dir):
     assert p3.returncode == 0, p3.stderr[-3000:]
     assert "lastfm/gru4rec/seed42" in p3.stderr and not (out / "lastfm" / "gru4rec").exists()
     assert "| lastfm | hgn |" in (report / "table2.md").read_text()
+
+
+def test_run_lock_is_exclusive_and_names_the_holder(tmp_path):
+    from training.runs import run_lock
+
+    with run_lock(tmp_path / "r") as first:
+        assert first is None
+        with run_lock(tmp_path / "r") as second:
+            assert second == os.getpid()
+    with run_lock(tmp_path / "r") as again:  # released with its descriptor
+        assert again is None
+
+
+def test_a_run_another_process_is_training_is_skipped(tmp_path, shared_data_dir):
+    from training.runs import run_lock
+
+    out = tmp_path / "runs"
+    args = ["--preset", "smoke", "--datasets", "lastfm", "--data-dir", str(shared_data_dir), "--out", str(out),
+            "--models", "mostpop", "--no-export"]
+    with run_lock(out / "lastfm" / "mostpop" / "seed42"):
+        p = _run(args)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"lastfm/mostpop/seed42 is being trained by another process (pid {os.getpid()}); skipped" in p.stderr
+    assert not (out / "lastfm" / "mostpop" / "seed42" / "metrics.json").exists()
+    p = _run(args)  # lock released: the run is trained now
+    assert p.returncode == 0 and (out / "lastfm" / "mostpop" / "seed42" / "metrics.json").is_file()

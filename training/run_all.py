@@ -10,6 +10,7 @@ then the report (``--out/report/``) and the export of the best SSI student.
 
 Every run is a folder ``--out/<dataset>/<model>/seed<k>/``; a finished run (``metrics.json``) is
 skipped on the next invocation, and an interrupted one resumes from its last epoch checkpoint.
+Invocations may share ``--out`` (one per core, say): a run another process is training is skipped.
 """
 from __future__ import annotations
 
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = plan(list(datasets), models, seeds, args.teacher_layers)
     log.info("preset %s%s | datasets %s | %d runs | seeds %s | out %s | world size %d", preset,
              "" if args.preset else " (default for this device)", ", ".join(datasets), len(runs), seeds, args.out, world)
-    from training.runs import is_finished  # torch-importing; kept out of --help
+    from training.runs import is_finished, run_lock  # torch-importing; kept out of --help
 
     results: dict[Run, dict] = {}
     missing: list[Run] = []
@@ -253,7 +254,16 @@ def main(argv: list[str] | None = None) -> int:
             missing.append(run)
             continue
         t0 = time.time()
-        m = execute(run, ds, preset, args.out, args.resume, seeds[0])
+        if world > 1:  # DDP ranks train each run together; a lock per process would split them
+            m = execute(run, ds, preset, args.out, args.resume, seeds[0])
+        else:
+            with run_lock(run.dir(args.out)) as holder:
+                if holder is not None:
+                    log.warning("%s/%s/seed%d is being trained by another process (pid %s); skipped here",
+                                run.dataset, run.name, run.seed, holder)
+                    missing.append(run)
+                    continue
+                m = execute(run, ds, preset, args.out, args.resume, seeds[0])
         if rank != 0:
             continue
         results[run] = m

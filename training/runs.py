@@ -6,7 +6,10 @@ Layout (see docs/CONTRACTS.md): ``run.json``, ``model_config.json``, ``model.saf
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,31 @@ class RunError(Exception):
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / "metrics.json").is_file()
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[int | None]:
+    """Hold an exclusive lock on ``run_dir/.lock`` while training it, so that two invocations sharing
+    an ``--out`` (e.g. two ``run_all.py`` side by side) never train the same run at once.
+
+    Yields ``None`` when this process holds the lock, else the PID of the process that does (the
+    caller skips the run). ``flock`` locks die with their process: a killed run never leaves a stale one.
+    """
+    path = Path(run_dir) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            yield int(holder) if holder.isdigit() else -1
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield None
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def save_best(model: nn.Module, run_dir: Path) -> None:
