@@ -88,6 +88,10 @@ class _Batcher:
         self.execution_count = 0  # batches executed
         if metrics is not None:
             metrics.set_average_batch_size(lambda: self.average_batch_size)
+        self._init_mode()
+
+    def _init_mode(self) -> None:
+        """The mode's own state (threads, locks); called at the end of ``__init__``."""
 
     @property
     def depth(self) -> int:
@@ -156,15 +160,7 @@ class _Batcher:
 class MicroBatcher(_Batcher):
     """Mode ``thread``: requests from the event loop, executed in batches on one worker thread."""
 
-    def __init__(
-        self,
-        execute: Callable[[list[Any]], Sequence[Any]],
-        max_batch_size: int,
-        max_queue_delay_s: float,
-        max_queue_size: int,
-        metrics: ServingMetrics | None = None,
-    ) -> None:
-        super().__init__(execute, max_batch_size, max_queue_delay_s, max_queue_size, metrics)
+    def _init_mode(self) -> None:
         self._jobs: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -275,15 +271,7 @@ class LoopBatcher(_Batcher):
     flush run on the loop thread; ``stop`` may be called from any thread.
     """
 
-    def __init__(
-        self,
-        execute: Callable[[list[Any]], Sequence[Any]],
-        max_batch_size: int,
-        max_queue_delay_s: float,
-        max_queue_size: int,
-        metrics: ServingMetrics | None = None,
-    ) -> None:
-        super().__init__(execute, max_batch_size, max_queue_delay_s, max_queue_size, metrics)
+    def _init_mode(self) -> None:
         self._lock = threading.Lock()  # guards the queue against stop() from another thread
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._jobs: concurrent.futures.ThreadPoolExecutor | None = None
