@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     # Compute
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when usable")
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads (and FAISS/OMP threads)")
+    index: Literal["flat", "hnsw"] = Field(
+        "flat", description="CPU index for top-k: flat = exact scan (FAISS IndexFlatIP); hnsw = approximate "
+        "graph search (IndexHNSWFlat, built at load; /model shows its recall@10 against exact)")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
+    hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth (raised to k when smaller)")
     # Dynamic batching
     batching_mode: Literal["auto", "loop", "thread"] = Field(
         "auto", description="where batches run: loop = on the event-loop thread (fastest on CPU), thread = one "

@@ -23,7 +23,7 @@ import numpy as np
 
 from protocol.split import pad_left
 from serving.artifact import Artifact, load_artifact, resolve_latest
-from serving.backends import Backend, create_backend
+from serving.backends import Backend, IndexSpec, create_backend
 from serving.config import Settings
 from serving.errors import bad_request
 from serving.metrics import ServingMetrics
@@ -61,7 +61,8 @@ def warmup_batch_sizes(settings: Settings) -> list[int]:
 def load_state(settings: Settings, path: Path | None = None) -> ModelState:
     """Load, verify and warm the artifact. Raises ArtifactError (bad artifact) or RuntimeError (device)."""
     artifact = load_artifact(path or artifact_to_serve(settings))
-    backend = create_backend(artifact, settings.device, settings.ort_threads)
+    index = IndexSpec(settings.index, settings.hnsw_m, settings.hnsw_ef_search)
+    backend = create_backend(artifact, settings.device, settings.ort_threads, index)
     t0 = time.perf_counter()
     backend.warmup(warmup_batch_sizes(settings), artifact.max_len)
     warm = time.perf_counter() - t0

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from serving.artifact import load_artifact
-from serving.backends import FaissCpuSearcher, NumpySearcher, create_backend, cuda_status, exact_topk
+from serving.backends import (
+    FaissCpuSearcher,
+    FaissHnswSearcher,
+    IndexSpec,
+    NumpySearcher,
+    create_backend,
+    cuda_status,
+    exact_topk,
+)
 
 
 def _data(n: int = 500, d: int = 16, b: int = 7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +46,52 @@ def test_faiss_cpu_equals_numpy_exact(k: int) -> None:
     assert got[1].shape == (len(queries), min(k, len(items)))
     assert got[1].min() >= 1 and got[1].max() <= len(items)
     assert_same_topk(got, ref)
+
+
+def test_hnsw_is_close_to_exact_and_always_returns_k_valid_items() -> None:
+    items, queries = _data(n=3000, d=16, b=64, seed=1)
+    hnsw = FaissHnswSearcher(items, threads=1, m=16, ef_search=64)
+    assert 0.9 <= hnsw.recall_at_10 <= 1.0
+    ref = NumpySearcher(items).search(queries, 10)
+    scores, ids = hnsw.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), ref[1].tolist())])
+    assert recall >= 0.9
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ items.T, ids - 1, axis=1), rtol=1e-5, atol=1e-5)
+    deep_scores, deep = hnsw.search(queries[:4], 700)  # k far above ef_search: still k distinct valid ids
+    assert deep.shape == (4, 700) and deep.min() >= 1 and deep.max() <= len(items)
+    assert all(len(set(row)) == 700 for row in deep.tolist())
+    assert hnsw.describe()["type"] == "IndexHNSWFlat" and hnsw.describe()["recall_at_10_vs_exact"] >= 0.9
+
+
+def test_hnsw_rows_the_graph_cannot_fill_come_from_the_exact_scan() -> None:
+    items, queries = _data(n=400, d=8, b=3, seed=2)
+    hnsw = FaissHnswSearcher(items, threads=1, m=8, ef_search=16)
+    real = hnsw.index
+
+    class Holes:  # the graph leaves the last 3 places of row 1 empty (-1), as FAISS does when it runs dry
+        ntotal = real.ntotal
+
+        def search(self, q, k, params=None):
+            scores, rows = real.search(q, k, params=params)
+            rows[1, -3:] = -1
+            return scores, rows
+
+    hnsw.index = Holes()
+    scores, ids = hnsw.search(queries, 10)
+    exact = NumpySearcher(items).search(queries[1:2], 10)
+    assert ids.min() >= 1
+    assert_same_topk((scores[1:2], ids[1:2]), exact)
+
+
+def test_cpu_backend_with_hnsw_index(artifact_v1: Path) -> None:
+    art = load_artifact(artifact_v1)
+    backend = create_backend(art, "cpu", threads=1, index=IndexSpec("hnsw", hnsw_m=8, hnsw_ef_search=32))
+    info = backend.describe()["index"]
+    assert info["type"] == "IndexHNSWFlat" and info["m"] == 8 and info["ef_search"] == 32
+    q = backend.encode(np.ones((2, art.max_len), dtype=np.int64), np.zeros(2, dtype=np.int64))
+    _, ids = backend.search(q, 10)
+    assert ids.shape == (2, 10) and ids.min() >= 1 and ids.max() <= art.num_items
 
 
 def test_cpu_backend_from_artifact(artifact_v1: Path) -> None:
