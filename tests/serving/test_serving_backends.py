@@ -58,7 +58,7 @@ def test_hnsw_is_close_to_exact_and_always_returns_k_valid_items() -> None:
     assert recall >= 0.9
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ items.T, ids - 1, axis=1), rtol=1e-5, atol=1e-5)
-    deep_scores, deep = hnsw.search(queries[:4], 700)  # k far above ef_search: still k distinct valid ids
+    _, deep = hnsw.search(queries[:4], 700)  # k far above ef_search: still k distinct valid ids
     assert deep.shape == (4, 700) and deep.min() >= 1 and deep.max() <= len(items)
     assert all(len(set(row)) == 700 for row in deep.tolist())
     assert hnsw.describe()["type"] == "IndexHNSWFlat" and hnsw.describe()["recall_at_10_vs_exact"] >= 0.9
