@@ -572,6 +572,11 @@ def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, tra
     base_env = dict(specs["ours"].env)
     ours_launcher = [PY, "-m", "loadtest.baselines.ours"]
     floor_sa = [PY, "-m", "loadtest.baselines.floor", "--mode", "standalone", "--num-items", str(num_items)]
+
+    def setting(name: str, variable: str, value: str) -> ServerSpec:
+        """``python -m serving`` with one ``SSI_*`` setting changed."""
+        return ServerSpec(f"lever-{name}", "", [PY, "-m", "serving"], {**base_env, variable: value}, None)
+
     # (lever, setting, spec, traffic, reference key): reference key groups a row with its default.
     variants: list[tuple[str, str, ServerSpec, TrafficConfig, str]] = [
         ("default", f"python -m serving (1 process, uvicorn's default parser/loop, {_serving_defaults()})",
@@ -579,17 +584,13 @@ def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, tra
         ("uvicorn workers", "2 worker processes", ServerSpec("lever-workers2", "", ours_launcher + ["--workers", "2"],
                                                              base_env), traffic, "ours"),
         ("batching mode", "thread (batches on a worker thread, the GPU mode)",
-         ServerSpec("lever-thread", "", [PY, "-m", "serving"], {**base_env, "SSI_BATCHING_MODE": "thread"}, None),
-         traffic, "ours"),
+         setting("thread", "SSI_BATCHING_MODE", "thread"), traffic, "ours"),
         ("index", "HNSW (M 32, efSearch 64; approximate, recall@10 in /model)",
-         ServerSpec("lever-hnsw", "", [PY, "-m", "serving"], {**base_env, "SSI_INDEX": "hnsw"}, None),
-         traffic, "ours"),
+         setting("hnsw", "SSI_INDEX", "hnsw"), traffic, "ours"),
         ("batching", "max_queue_delay 0 ms",
-         ServerSpec("lever-delay0", "", [PY, "-m", "serving"], {**base_env, "SSI_MAX_QUEUE_DELAY_MS": "0"}, None),
-         traffic, "ours"),
+         setting("delay0", "SSI_MAX_QUEUE_DELAY_MS", "0"), traffic, "ours"),
         ("ORT + FAISS threads", "2 threads",
-         ServerSpec("lever-threads2", "", [PY, "-m", "serving"], {**base_env, "SSI_ORT_THREADS": "2"}, None),
-         traffic, "ours"),
+         setting("threads2", "SSI_ORT_THREADS", "2"), traffic, "ours"),
         ("response size", "k = 100 (default k = 10)", specs["ours"], replace(traffic, k=100), "ours"),
         ("JSON (floor)", "standalone floor, FastAPI response models (default)",
          ServerSpec("lever-floor-model", "", floor_sa + ["--json", "model"]), traffic, "floor-json"),
@@ -601,11 +602,9 @@ def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, tra
                                                                ours_launcher + ["--loop", "asyncio"], base_env),
          traffic, "ours"),
         ("batching", "max_batch_size 1 (no batching)",
-         ServerSpec("lever-batch1", "", [PY, "-m", "serving"], {**base_env, "SSI_MAX_BATCH_SIZE": "1"}, None),
-         traffic, "ours"),
+         setting("batch1", "SSI_MAX_BATCH_SIZE", "1"), traffic, "ours"),
         ("batching", "max_queue_delay 5 ms",
-         ServerSpec("lever-delay5", "", [PY, "-m", "serving"], {**base_env, "SSI_MAX_QUEUE_DELAY_MS": "5"}, None),
-         traffic, "ours"),
+         setting("delay5", "SSI_MAX_QUEUE_DELAY_MS", "5"), traffic, "ours"),
     ]
     rows: list[dict[str, Any]] = []
     refs: dict[str, float] = {}
