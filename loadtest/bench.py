@@ -43,6 +43,7 @@ from loadtest.report import (
     ResourceSampler,
     fetch_text,
     histograms,
+    metric_value,
     parse_prometheus,
     wait_ready,
 )
@@ -396,6 +397,19 @@ def render_markdown(res: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {x['lever']} | {x['setting']} | {_f(x['rps'])} | {_f(x['p50_ms'])} / {_f(x['p99_ms'])} | "
                          f"{_f(x['server_cpu'], '{:.2f}')} | {_f(x.get('relative'), '{:.2f}x')} |")
+    sweep = res.get("sweep")
+    if sweep:
+        lines += ["", (f"Batch-size sweep (ours, device {sweep['device']}; max throughput at p99 <= "
+                       f"{c['p99_limit_ms']:.0f} ms over the user steps; max_batch_size 1 = no dynamic batching):"), "",
+                  ("| batching mode | max_batch_size | max req/s at the p99 limit | users | p50 / p99 there (ms) | "
+                   "mean executed batch |"), "|---|---|---|---|---|---|"]
+        for x in sweep["rows"]:
+            b = x.get("best")
+            if x.get("error") or not b:
+                lines.append(f"| {x['mode']} | {x['max_batch_size']} | {x.get('error', 'no step under the limit')[:60]} | | | |")
+                continue
+            lines.append(f"| {x['mode']} | {x['max_batch_size']} | {_f(b['rps'])} | {b['users']} | "
+                         f"{_f(b['p50_ms'])} / {_f(b['p99_ms'])} | {_f(x.get('mean_batch'), '{:.1f}')} |")
     if res.get("notes"):
         lines += ["", *[f"- {n}" for n in res["notes"]]]
     return "\n".join(lines) + "\n"
@@ -435,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=500.0,
                    help="seconds; levers still pending past this are skipped (the whole run stays < 10 min)")
     p.add_argument("--k", type=int, default=10, help="items per answer")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="our server's SSI_DEVICE (cuda: the ORT CUDA EP + FAISS GPU path, with --p99-limit-ms 10)")
+    p.add_argument("--batch-sweep", default="",
+                   help="comma list of max_batch_size values (e.g. 1,8,32,128): our server stepped through the "
+                        "user counts once per value, in thread mode (the GPU mode), plus the loop mode on CPU; "
+                        "1 = no dynamic batching")
     return p
 
 
@@ -473,14 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     build_pool(replace(traffic, pool_size=10))  # fail early on a missing dataset
     log(f"artifact {artifact} ({manifest['model']['name']}, {num_items} items), run dir {run_dir}, traffic {dataset}")
 
-    base_env = {"SSI_ARTIFACT_PATH": str(artifact), "SSI_LOG_LEVEL": "warning"}
+    base_env = {"SSI_ARTIFACT_PATH": str(artifact), "SSI_LOG_LEVEL": "warning", "SSI_DEVICE": args.device}
     specs = {
         "floor": ServerSpec("floor", "HTTP floor (same app, fixed answer)",
                             [PY, "-m", "loadtest.baselines.floor", "--mode", "serving", "--num-items", str(num_items)],
                             base_env),
         "naive": ServerSpec("naive", "naive (FastAPI + torch eager + argsort)",
                             [PY, "-m", "loadtest.baselines.naive", "--run-dir", str(run_dir)], {}),
-        "ours": ServerSpec("ours", "ours (python -m serving, CPU)", [PY, "-m", "serving"], base_env, port_arg=None),
+        "ours": ServerSpec("ours", f"ours (python -m serving, device {args.device})", [PY, "-m", "serving"], base_env,
+                           port_arg=None),
     }
     users = [int(u) for u in args.users.split(",") if u.strip()]
     results: dict[str, Any] = {"started": started, "servers": [], "notes": notes}
@@ -523,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {name} failed: {e}")
     results["ratios"] = compute_ratios(results["servers"])
 
+    sweep = [int(b) for b in args.batch_sweep.split(",") if b.strip()]
+    if sweep:
+        results["sweep"] = run_batch_sweep(specs["ours"], sweep, args.device, traffic, users, args, raw, log)
+
     if not args.no_levers and "ours" in specs:
         lever_users = args.lever_users
         results["levers"] = run_levers(specs, artifact, num_items, traffic, lever_users, args, raw, log,
@@ -564,6 +589,35 @@ def _serving_defaults() -> str:
                 f"{f['ort_threads'].default} ORT/FAISS thread")
     except (ImportError, KeyError):
         return "default settings"
+
+
+def run_batch_sweep(ours: ServerSpec, sizes: list[int], device: str, traffic: TrafficConfig, users: list[int],
+                    args: argparse.Namespace, raw: Path, log: Any) -> dict[str, Any]:
+    """Our server once per (batching mode, max_batch_size): max throughput at the p99 limit."""
+    modes = ["thread"] if device == "cuda" else ["thread", "loop"]
+    rows: list[dict[str, Any]] = []
+    log(f"batch-size sweep: {sizes} x {modes}")
+    for mode in modes:
+        for size in sizes:
+            row: dict[str, Any] = {"mode": mode, "max_batch_size": size}
+            rows.append(row)
+            env = {**ours.env, "SSI_BATCHING_MODE": mode, "SSI_MAX_BATCH_SIZE": str(size)}
+            spec = ServerSpec(f"sweep-{mode}-b{size}", "", ours.cmd, env, None)
+            try:
+                with ManagedServer(spec, raw) as srv:
+                    measure(srv, 4, 2, traffic, raw / f"{spec.name}-warmup")
+                    steps, best = step_users(srv, traffic, users, args.step_seconds, args.p99_limit_ms,
+                                             raw / spec.name, log)
+                    metrics = _scrape(srv.url)
+            except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+                row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                log(f"  {mode} / {size}: failed: {row['error']}")
+                continue
+            row["steps"] = [asdict(x) for x in steps]
+            row["best"] = asdict(best) if best else None
+            row["mean_batch"] = metric_value(metrics, "ssi_average_batch_size")
+            log(f"  {mode} / max_batch_size {size}: best {best.rps if best else math.nan:.0f} req/s")
+    return {"device": device, "rows": rows}
 
 
 def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, traffic: TrafficConfig, users: int,

@@ -133,8 +133,15 @@ def test_render_markdown() -> None:
                       "client_rtt_p50_us": 700.0, "client_rtt_p99_us": math.nan},
         "levers": {"users": 8, "rows": [{"lever": "x", "setting": "y", **_step(8, 800, 25), "relative": 0.8},
                                          {"lever": "z", "setting": "w", "error": "skipped (time budget)"}]},
+        "sweep": {"device": "cuda", "rows": [
+            {"mode": "thread", "max_batch_size": 32, "best": _step(16, 2400, 9), "mean_batch": 11.5},
+            {"mode": "thread", "max_batch_size": 1, "best": None},
+            {"mode": "thread", "max_batch_size": 8, "error": "server did not start"}]},
     }
     md = render_markdown(res)
+    assert "Batch-size sweep (ours, device cuda; max throughput at p99 <= 50 ms" in md
+    assert "| thread | 32 | 2400 | 16 | 3 / 9 | 11.5 |" in md
+    assert "| thread | 1 | no step under the limit |" in md and "| thread | 8 | server did not start |" in md
     assert "| floor | 1000 | 8 | 7 / 20 | 1000 | 3 / 10 | 4500 | 0 |" in md  # 0.9 cores / 200 req/s = 4.5 ms
     assert "error: boom" in md and "| ours | none |" in md
     assert "| max throughput at the p99 limit (targets: >= 0.8, >= 2) | 0.90 | n/a |" in md

@@ -101,3 +101,14 @@ def test_wrong_answers_count_as_failures(tmp_path: Path, tiny_dataset_file: Path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stats"]["Aggregated"]["failures"] > 0 and not summary["pass"]
     assert "expected 10" in (out / "summary.txt").read_text()
+
+
+def test_gpu_check_script_parses_and_uses_existing_options() -> None:
+    """The prepared GPU script cannot run here; what it calls must exist (syntax, modules, flags)."""
+    script = ROOT / "loadtest" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    text = script.read_text()
+    bench = _run(["-m", "loadtest.bench", "--help"]).stdout
+    for flag in ("--device", "--p99-limit-ms", "--batch-sweep", "--step-seconds", "--no-levers", "--work-dir"):
+        assert flag in text and flag in bench, flag
+    assert "-m gpu" in text and "--device cuda" in text

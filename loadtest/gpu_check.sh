@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Every GPU check in one go, on a machine with an NVIDIA GPU (run from the repository root):
+#
+#   make venv && bash loadtest/gpu_check.sh [OUT]      # OUT defaults to artifacts/gpu-check/<time>
+#
+# `make venv` installs the `gpu` extra when nvidia-smi sees a GPU; PYTHON=... points at another interpreter
+# (SSI_DATA_DIR must hold lastfm.txt). Steps, each one logged into OUT, the next one run even when one fails:
+#   1. the GPU and what the CUDA-capable packages see (ORT providers, FAISS GPUs, torch);
+#   2. the GPU tests (pytest -m gpu);
+#   3. a smoke reproduction on CUDA (LastFM: HGN, the three teachers, SSI-HGN), exported for serving;
+#   4. the serving benchmark on the CUDA path: floor / naive / ours at p99 <= 10 ms, and a batch-size
+#      sweep of ours (max_batch_size 1 = no dynamic batching).
+# Exit status 0 when every step passed. About 8-10 minutes on one H100.
+set -uo pipefail
+OUT=${1:-artifacts/gpu-check/$(date +%Y%m%dT%H%M%S)}
+PYTHON=${PYTHON:-.venv/bin/python}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+failed=()
+step() { echo; echo "== $*"; }
+
+step "1/4 GPU and packages"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
+"$PYTHON" - <<'PY' 2>&1 | tee -a "$OUT/gpu.txt" || failed+=(packages)
+import onnxruntime as ort
+
+from serving.backends import cuda_status
+
+print("onnxruntime", ort.__version__, ort.get_available_providers())
+print("cuda_status", cuda_status())
+try:
+    import torch
+    print("torch", torch.__version__, "cuda available:", torch.cuda.is_available())
+except ImportError:
+    print("torch: not installed")
+PY
+
+step "2/4 GPU tests"
+"$PYTHON" -m pytest -q -m gpu tests 2>&1 | tee "$OUT/pytest-gpu.txt" || failed+=(gpu-tests)
+
+step "3/4 smoke reproduction on CUDA"
+"$PYTHON" training/run_all.py --preset smoke --datasets lastfm --device cuda --models hgn ssi_hgn \
+    --out "$OUT/runs" --export-out "$OUT/serving" 2>&1 | tee "$OUT/train.txt" || failed+=(train)
+
+step "4/4 serving benchmark, CUDA path"
+"$PYTHON" -m loadtest.bench --artifact "$OUT/serving" --device cuda --p99-limit-ms 10 \
+    --batch-sweep 1,8,32,128 --step-seconds 5 --no-levers --results "$OUT" --work-dir "$OUT/bench-raw" \
+    2>&1 | tee "$OUT/bench.txt" || failed+=(bench)
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then echo "GPU CHECK PASS (logs in $OUT)"; exit 0; fi
+echo "GPU CHECK FAIL: ${failed[*]} (logs in $OUT)"; exit 1
