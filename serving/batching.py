@@ -303,11 +303,8 @@ class LoopBatcher(_Batcher):
             items = self._admit(payloads)
             self._queue.extend(items)
             size = len(self._queue)
-        loop = items[0].loop if items else asyncio.get_running_loop()
-        if size >= self.max_batch_size:
-            self._schedule(loop, now=True)
-        elif self._flush_handle is None:
-            self._schedule(loop, now=self.max_queue_delay_s <= 0)
+        if items:
+            self._schedule(items[0].loop, now=size >= self.max_batch_size or self.max_queue_delay_s <= 0)
         self._set_depth()
         return [i.future for i in items]
 

@@ -28,6 +28,10 @@ EVAL_TOLERANCE = 1e-4
 RETRY_AFTER_S = "1"
 
 
+def _not_ready() -> ServingError:
+    return ServingError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": RETRY_AFTER_S})
+
+
 def batching_mode(settings: Settings, state: ModelState) -> str:
     """``loop`` or ``thread``: auto runs batches on the event loop unless the backend uses CUDA."""
     if settings.batching_mode == "loop" and state.backend.on_cuda:
@@ -76,12 +80,12 @@ class Service:
     def current(self) -> ModelState:
         state = self.state
         if state is None or not self.ready:
-            raise ServingError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": RETRY_AFTER_S})
+            raise _not_ready()
         return state
 
     def _batcher(self) -> MicroBatcher | LoopBatcher:
         if self.batcher is None:
-            raise ServingError(503, "not_ready", "the model is not loaded yet", headers={"Retry-After": RETRY_AFTER_S})
+            raise _not_ready()
         return self.batcher
 
     # ------------------------------------------------------------------ recommend
