@@ -3,7 +3,8 @@
     python -m export <run-dir> [--out artifacts/serving]     build the artifact, point ``latest`` at it
     python -m export.verify <artifact-dir>                   check it against the torch model
 
-The server never imports this package: it reads the artifact with ``serving.artifact``.
+The server never imports this package, nor this package the server: both use the artifact schema in
+``protocol.artifact`` (file names, manifest fields, version, checksums).
 """
 
 from export.artifact import DEFAULT_ROOT, build_artifact

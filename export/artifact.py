@@ -4,7 +4,8 @@
 bias folded in, the MostPop ranking of the training part, the id map when the data came from the
 converter, and ``manifest.json`` with the sha256 of every file. Everything goes into a hidden temporary
 folder beside the target, which is renamed into ``<root>/<model>/<version>/`` only when complete; the
-``<root>/latest`` pointer is replaced atomically last. The reader is ``serving.artifact``.
+``<root>/latest`` pointer is replaced atomically last. File names, manifest fields and checksums come
+from the torch-free schema module ``protocol.artifact``, which the reader (``serving.artifact``) uses too.
 """
 
 from __future__ import annotations
@@ -26,17 +27,22 @@ from torch import nn
 
 from export.onnx_export import EXPORTERS, EncoderInfo, ExportError, export_encoder
 from protocol import DataError, SequenceDataset, load_dataset
-from protocol.data import sha256_file
-from serving.artifact import LATEST, MANIFEST, SCHEMA_VERSION
+from protocol.artifact import (  # noqa: F401 - MANIFEST re-exported for export.__main__
+    ENCODER_FILE,
+    ID_MAP_FILE,
+    ITEMS_FILE,
+    LATEST,
+    MANIFEST,
+    POPULARITY_FILE,
+    DatasetSpec,
+    Manifest,
+    file_checksums,
+    latest_text,
+    sha256_file,
+)
 from training.mostpop import popularity_ranking
 
 DEFAULT_ROOT = Path("artifacts/serving")
-ENCODER_FILE, ITEMS_FILE, POPULARITY_FILE, ID_MAP_FILE = (
-    "encoder.onnx",
-    "items.npy",
-    "popularity.npy",
-    "id_map.json",
-)
 PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "safetensors")
 
 
@@ -164,7 +170,7 @@ def _fsync(path: Path) -> None:
 def write_latest(root: Path, name: str, version: str) -> None:
     """Point ``root/latest`` at ``<name>/<version>`` (write a temporary file, then ``os.replace``)."""
     tmp = root / f".{LATEST}.tmp{os.getpid()}"
-    tmp.write_text(f"{name}/{version}\n", encoding="utf-8")
+    tmp.write_text(latest_text(name, version), encoding="utf-8")
     _fsync(tmp)
     os.replace(tmp, root / LATEST)
     _fsync(root)
@@ -192,32 +198,36 @@ def build_manifest(
     has_id_map: bool,
     created: datetime,
     files: dict[str, str],
-) -> dict[str, Any]:
+) -> Manifest:
     metrics = info["metrics"]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "model": {"name": name, "version": version, "config": config},
-        "encoder": encoder.manifest(),
-        "items": {"file": ITEMS_FILE, "count": int(items.shape[0]), "dim": int(items.shape[1])},
-        "popularity": {"file": POPULARITY_FILE},
-        "id_map": {"file": ID_MAP_FILE} if has_id_map else None,
-        "dataset": {
-            "name": ds.name,
-            "sha256": ds.sha256,
-            "negatives_sha256": info.get("negatives_sha256") or metrics.get("negatives_sha256"),
-            "num_users": ds.num_users,
-            "num_items": ds.num_items,
+    return Manifest(
+        name=name,
+        version=version,
+        config=config,
+        encoder=encoder.spec(),
+        items_count=int(items.shape[0]),
+        items_dim=int(items.shape[1]),
+        dataset=DatasetSpec(
+            name=ds.name,
+            sha256=ds.sha256,
+            negatives_sha256=info.get("negatives_sha256") or metrics.get("negatives_sha256"),
+            num_users=ds.num_users,
+            num_items=ds.num_items,
+        ),
+        metrics={"test": metrics.get("test"), "valid": metrics.get("valid")},
+        created_at=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        packages=package_versions(),
+        files=files,
+        has_id_map=has_id_map,
+        # read by ``python -m export.verify`` only; readers ignore other keys
+        extra={
+            "source": {
+                "run_dir": str(run_dir.resolve()),
+                "weights_sha256": sha256_file(run_dir / "model.safetensors"),
+                "export_max_abs_diff": encoder.max_abs_diff,
+            }
         },
-        "metrics": {"test": metrics.get("test"), "valid": metrics.get("valid")},
-        "source": {
-            "run_dir": str(run_dir.resolve()),
-            "weights_sha256": sha256_file(run_dir / "model.safetensors"),
-            "export_max_abs_diff": encoder.max_abs_diff,
-        },
-        "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "packages": package_versions(),
-        "files": files,
-    }
+    )
 
 
 def _write_files(
@@ -273,7 +283,7 @@ def build_artifact(
     tmp.mkdir(parents=True)
     try:
         encoder, items, id_map = _write_files(tmp, model, ds, info, run_dir, exporters)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        files = file_checksums(tmp, [p.name for p in tmp.iterdir()])
         manifest = build_manifest(
             name=name,
             version=version,
@@ -287,7 +297,7 @@ def build_artifact(
             created=created,
             files=files,
         )
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        manifest.write(tmp)
         for p in tmp.iterdir():
             _fsync(p)
         os.rename(tmp, final)

@@ -38,9 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from protocol.artifact import OUTPUT_QUERY, EncoderSpec, input_names
+
 OPSET = 18
 EXPORTERS: tuple[str, ...] = ("torchscript", "dynamo")
-OUTPUT_NAME = "query"
+OUTPUT_NAME = OUTPUT_QUERY
 PARITY_TOL = 1e-4
 SAMPLE_BATCH = 3  # >= 2: a batch-1 trace can bake the batch size in
 CHECK_BATCHES = (1, 2, 5)
@@ -66,10 +68,11 @@ class EncoderInfo:
     dim: int
     max_abs_diff: float  # ORT vs torch over the export-time checks
 
-    def manifest(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("max_abs_diff")
-        return out
+    def spec(self) -> EncoderSpec:
+        """The manifest's ``encoder`` entry (``protocol.artifact.EncoderSpec``)."""
+        return EncoderSpec(max_len=self.max_len, fixed_length=self.fixed_length, uses_user=self.uses_user,
+                           dim=self.dim, opset=self.opset, exporter=self.exporter, file=self.file,
+                           output_name=self.output_name)
 
 
 class _HistoryEncoder(nn.Module):
@@ -91,10 +94,6 @@ class _UserHistoryEncoder(_HistoryEncoder):
 
     def forward(self, history: torch.Tensor, user: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.model.encode(self._history(history), user).float()
-
-
-def input_names(uses_user: bool) -> list[str]:
-    return ["history", "user"] if uses_user else ["history"]
 
 
 def wrap_encoder(model: nn.Module, max_len: int, fixed_length: bool, uses_user: bool) -> nn.Module:

@@ -2,8 +2,8 @@
 
     python -m export.verify artifacts/serving/hgn/<version> [--data DIR] [--users 500]
 
-1. Integrity: ``serving.artifact.load_artifact`` (the server's own reader): schema version, checksums of
-   every file, item counts and dims across manifest, ``items.npy``, ``popularity.npy``, id map and graph.
+1. Integrity: the schema checks of ``protocol.artifact`` that the server's reader runs too: schema
+   version, required keys, checksums of every file, item counts and dims across manifest and ``items.npy``.
 2. Consistency with the run: the weights are the ones exported (sha256), ``items.npy`` equals the model's
    ``item_vectors()`` (so the encoder and the index agree on the item count), ``popularity.npy`` equals the
    MostPop ranking of the training part, and the graph's inputs are still symbolic.
@@ -34,14 +34,55 @@ from torch import nn
 from export.artifact import load_model, load_run_dataset, read_run
 from export.onnx_export import PARITY_TOL, ExportError, check_graph, ort_encode, ort_session, random_inputs
 from protocol import SequenceDataset, eval_examples, pad_left
-from protocol.data import sha256_file
-from serving.artifact import Artifact, ArtifactError, load_artifact, resolve_latest
+from protocol.artifact import (
+    MANIFEST,
+    ArtifactError,
+    ArtifactFiles,
+    check_counts,
+    open_artifact,
+    resolve_latest,
+    sha256_file,
+)
 from training.mostpop import popularity_ranking
 
 BATCHES = (1, 2, 7, 64)
 TOP_K = 20
 N_USERS = 500
 ITEMS_TOL = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class Artifact(ArtifactFiles):
+    """An artifact that passed the schema checks, with its item table and popularity ranking loaded."""
+
+    items: np.ndarray  # (N, D) float32, row i = item id i + 1
+    popularity: np.ndarray  # item ids, most popular first
+
+    @property
+    def num_items(self) -> int:
+        return int(self.items.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.items.shape[1])
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ArtifactError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def load_artifact(path: str | os.PathLike) -> Artifact:
+    """``protocol.artifact.open_artifact`` (manifest, file names, checksums) + the arrays and their counts."""
+    opened = open_artifact(path)
+    items = _load_npy(opened.file("items"))
+    if items.ndim != 2:
+        raise ArtifactError(f"{opened.file('items')}: expected a 2-D (items, dim) array, found shape {items.shape}")
+    check_counts(opened.path / MANIFEST, opened.manifest, items.shape)
+    popularity = _load_npy(opened.file("popularity"))
+    return Artifact(opened.path, opened.manifest, opened.files, items, popularity)
 
 
 @dataclass
@@ -324,7 +365,7 @@ def verify_artifact(
         "integrity",
         True,
         f"schema {artifact.manifest['schema_version']}, sha256 of "
-        f"{', '.join(files)} match the manifest (serving.artifact.load_artifact)",
+        f"{', '.join(files)} match the manifest (protocol.artifact)",
     )
     model = check_run(report, artifact, model, run_dir)
     ds = load_run_dataset(

@@ -8,23 +8,28 @@ can print it as one line.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-LATEST = "latest"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class ArtifactError(Exception):
-    """An artifact that cannot be served. The message names the file and what is wrong with it."""
+# The schema (names, version, manifest checks, checksums, ``latest``) is shared with export/: protocol.artifact.
+from protocol.artifact import (  # noqa: F401 - SCHEMA_VERSION, MANIFEST, LATEST, sha256_file re-exported
+    LATEST,
+    MANIFEST,
+    SCHEMA_VERSION,
+    ArtifactError,
+    artifact_files,
+    check_counts,
+    read_manifest,
+    resolve_latest,
+    sha256_file,
+)
+from protocol.artifact import (
+    verify_checksums as verify_checksums_of,
+)
 
 
 @dataclass(frozen=True)
@@ -105,49 +110,6 @@ class Artifact:
         }
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- latest
-
-
-def resolve_latest(root: str | Path) -> Path:
-    """The artifact folder to serve under ``root``.
-
-    ``root`` itself when it holds a manifest; else the folder named by ``root/latest``
-    (``<model-name>/<version>``, written atomically by the exporter); else the newest
-    ``root/<model>/<version>/`` by version name (versions start with a UTC timestamp).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise ArtifactError(f"{root}: artifact root does not exist or is not a folder")
-    if (root / MANIFEST).is_file():
-        return root
-    pointer = root / LATEST
-    if pointer.is_file():
-        return _follow_pointer(root, pointer)
-    found = [m.parent for m in root.glob(f"*/*/{MANIFEST}")]
-    if not found:
-        raise ArtifactError(f"{root}: no artifact found (no '{LATEST}' file and no <model>/<version>/{MANIFEST})")
-    return max(found, key=lambda p: (p.name, p.stat().st_mtime))
-
-
-def _follow_pointer(root: Path, pointer: Path) -> Path:
-    text = pointer.read_text(encoding="utf-8").strip()
-    parts = text.split("/")
-    if len(parts) != 2 or not all(_SAFE_NAME.match(p) for p in parts):
-        raise ArtifactError(f"{pointer}: expected '<model-name>/<version>', found {text[:80]!r}")
-    target = root / parts[0] / parts[1]
-    if not target.is_dir():
-        raise ArtifactError(f"{pointer}: points to {target}, which does not exist")
-    return target
-
-
 # ------------------------------------------------------------------------------------------------ load
 
 
@@ -156,13 +118,13 @@ def load_artifact(path: str | Path, verify_checksums: bool = True) -> Artifact:
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"{path}: artifact folder does not exist")
-    manifest = _read_manifest(path / MANIFEST)
-    files = _file_names(path, manifest)
+    manifest = read_manifest(path / MANIFEST)
+    files = artifact_files(path, manifest)
     if verify_checksums:
-        _verify_checksums(path, manifest, files)
+        verify_checksums_of(path, manifest, files)
     items = _load_items(path / files["items"], manifest)
     n = items.shape[0]
-    _check_manifest_counts(path / MANIFEST, manifest, items)
+    check_counts(path / MANIFEST, manifest, items.shape)
     _check_onnx(path / files["encoder"], manifest, items.shape[1])
     popularity = _load_popularity(path / files["popularity"], n)
     id_map = _load_id_map(path / files["id_map"], n) if "id_map" in files else None
@@ -170,76 +132,6 @@ def load_artifact(path: str | Path, verify_checksums: bool = True) -> Artifact:
     pop_rank[popularity] = np.arange(len(popularity))  # popularity holds every item once
     return Artifact(path=path, manifest=manifest, encoder_path=path / files["encoder"], items=items,
                     popularity=popularity, id_map=id_map, pop_rank=pop_rank)
-
-
-def _read_manifest(mpath: Path) -> dict[str, Any]:
-    if not mpath.is_file():
-        raise ArtifactError(f"{mpath}: missing file")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{mpath}: expected a JSON object")
-    version = manifest.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ArtifactError(f"{mpath}: missing or non-integer 'schema_version'")
-    if version > SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{mpath}: schema_version {version} is newer than this server supports ({SCHEMA_VERSION}); upgrade serving"
-        )
-    for key in ("model.name", "model.version", "encoder.file", "encoder.max_len", "encoder.output_name",
-                "encoder.input_names", "items.file", "items.count", "popularity.file", "files"):
-        _require(manifest, key, mpath)
-    return manifest
-
-
-def _require(manifest: dict[str, Any], dotted: str, mpath: Path) -> Any:
-    node: Any = manifest
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node or node[part] is None:
-            raise ArtifactError(f"{mpath}: missing key '{dotted}'")
-        node = node[part]
-    return node
-
-
-def _file_names(path: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """The artifact's own file names, checked to be plain names inside the folder."""
-    mpath = path / MANIFEST
-    names = {"encoder": manifest["encoder"]["file"], "items": manifest["items"]["file"],
-             "popularity": manifest["popularity"]["file"]}
-    id_map = manifest.get("id_map")
-    if isinstance(id_map, dict) and id_map.get("file"):
-        names["id_map"] = id_map["file"]
-    elif isinstance(id_map, str):
-        names["id_map"] = id_map
-    elif (path / "id_map.json").is_file():
-        names["id_map"] = "id_map.json"
-    for role, name in names.items():
-        if not isinstance(name, str) or not _SAFE_NAME.match(name):
-            raise ArtifactError(f"{mpath}: {role} file name {name!r} is not a plain file name")
-        if not (path / name).is_file():
-            raise ArtifactError(f"{path / name}: missing file")
-    return names
-
-
-def _verify_checksums(path: Path, manifest: dict[str, Any], names: dict[str, str]) -> None:
-    sums = manifest["files"]
-    mpath = path / MANIFEST
-    if not isinstance(sums, dict):
-        raise ArtifactError(f"{mpath}: 'files' must map file names to sha256 checksums")
-    for role in ("encoder", "items", "popularity"):
-        if names[role] not in sums:
-            raise ArtifactError(f"{mpath}: no checksum for {names[role]} in 'files'")
-    for name, expected in sums.items():
-        if not isinstance(name, str) or not _SAFE_NAME.match(name):
-            raise ArtifactError(f"{mpath}: file name {name!r} in 'files' is not a plain file name")
-        fpath = path / name
-        if not fpath.is_file():
-            raise ArtifactError(f"{fpath}: missing file")
-        actual = sha256_file(fpath)
-        if actual != str(expected).lower():
-            raise ArtifactError(f"{fpath}: checksum mismatch (sha256 {actual[:12]}..., manifest says {str(expected)[:12]}...)")
 
 
 def _load_npy(fpath: Path) -> np.ndarray:
@@ -258,24 +150,6 @@ def _load_items(fpath: Path, manifest: dict[str, Any]) -> np.ndarray:
     if not np.isfinite(items).all():
         raise ArtifactError(f"{fpath}: contains NaN or infinite values")
     return np.ascontiguousarray(items)
-
-
-def _check_manifest_counts(mpath: Path, manifest: dict[str, Any], items: np.ndarray) -> None:
-    n, d = items.shape
-    count = manifest["items"]["count"]
-    if count != n:
-        raise ArtifactError(f"{mpath}: item-count mismatch: manifest items.count={count}, items.npy has {n} rows")
-    ds_items = (manifest.get("dataset") or {}).get("num_items")
-    if ds_items is not None and ds_items != n:
-        raise ArtifactError(f"{mpath}: item-count mismatch: dataset.num_items={ds_items}, items.npy has {n} rows")
-    for key in ("items", "encoder"):
-        dim = manifest[key].get("dim")
-        if dim is not None and dim != d:
-            raise ArtifactError(f"{mpath}: dimension mismatch: {key}.dim={dim}, items.npy has {d} columns")
-    if manifest["encoder"]["max_len"] < 1:
-        raise ArtifactError(f"{mpath}: encoder.max_len must be at least 1")
-    if manifest["encoder"].get("uses_user") and not isinstance((manifest.get("dataset") or {}).get("num_users"), int):
-        raise ArtifactError(f"{mpath}: missing key 'dataset.num_users' (needed to check user ids of a user model)")
 
 
 def _check_onnx(fpath: Path, manifest: dict[str, Any], dim: int) -> None:

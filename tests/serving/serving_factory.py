@@ -7,7 +7,6 @@ model itself, as training does, so ``/eval`` through ONNX Runtime + FAISS is a r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,20 @@ from typing import Any
 import numpy as np
 
 from protocol import evaluate, load_dataset, load_or_create_negatives, train_sequences
+from protocol.artifact import (
+    ENCODER_FILE,
+    ID_MAP_FILE,
+    ITEMS_FILE,
+    LATEST,
+    MANIFEST,
+    POPULARITY_FILE,
+    DatasetSpec,
+    EncoderSpec,
+    Manifest,
+    file_checksums,
+    input_names,
+    latest_text,
+)
 from serving.config import Settings
 
 DATASET = "tiny"
@@ -41,10 +54,6 @@ def write_dataset(folder: Path, name: str = DATASET, users: int = NUM_USERS, ite
     path = folder / f"{name}.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _tiny_model(num_items: int, num_users: int, dim: int, uses_user: bool, seed: int):
@@ -107,51 +116,44 @@ def build_artifact(root: Path, data_dir: Path, version: str, seed: int = 0, uses
     hist = torch.zeros((2, MAX_LEN), dtype=torch.int64)
     hist[:, -1] = 1
     args = (hist, torch.ones(2, dtype=torch.int64)) if uses_user else (hist,)
-    names = ["history", "user"] if uses_user else ["history"]
+    names = input_names(uses_user)
     axes = {"history": {0: "batch", 1: "length"}, "query": {0: "batch"}}
     if uses_user:
         axes["user"] = {0: "batch"}
-    torch.onnx.export(model, args, str(out / "encoder.onnx"), input_names=names, output_names=["query"],
-                      dynamic_axes=axes, opset_version=17, dynamo=False)
+    encoder = EncoderSpec(max_len=MAX_LEN, fixed_length=False, uses_user=uses_user, dim=DIM + 1, opset=17)
+    torch.onnx.export(model, args, str(out / ENCODER_FILE), input_names=names, output_names=[encoder.output_name],
+                      dynamic_axes=axes, opset_version=encoder.opset, dynamo=False)
     items = model.item_vectors().detach().numpy().astype(np.float32)
-    np.save(out / "items.npy", items)
+    np.save(out / ITEMS_FILE, items)
     counts = np.bincount(np.concatenate(train_sequences(ds)), minlength=ds.num_items + 1)[1:]
-    np.save(out / "popularity.npy", (np.argsort(-counts, kind="stable") + 1).astype(np.int64))
-    files = ["encoder.onnx", "items.npy", "popularity.npy"]
+    np.save(out / POPULARITY_FILE, (np.argsort(-counts, kind="stable") + 1).astype(np.int64))
+    files = [ENCODER_FILE, ITEMS_FILE, POPULARITY_FILE]
     if id_map is not None:
-        (out / "id_map.json").write_text(json.dumps({"item_ids": id_map}), encoding="utf-8")
-        files.append("id_map.json")
+        (out / ID_MAP_FILE).write_text(json.dumps({"item_ids": id_map}), encoding="utf-8")
+        files.append(ID_MAP_FILE)
     scorer = _torch_scorer(model, uses_user)
     metrics = {split: {p: evaluate(scorer, ds, split, p, max_len=MAX_LEN, negatives=negs)
                        for p in ("sampled", "full")} for split in ("test", "valid")}
-    manifest = {
-        "schema_version": 1,
-        "model": {"name": name, "version": version, "config": {"dim": DIM, "seed": seed}},
-        "encoder": {"file": "encoder.onnx", "opset": 17, "input_names": names, "output_name": "query",
-                    "max_len": MAX_LEN, "fixed_length": False, "uses_user": uses_user, "dim": DIM + 1},
-        "items": {"file": "items.npy", "count": ds.num_items, "dim": DIM + 1},
-        "popularity": {"file": "popularity.npy"},
-        "id_map": {"file": "id_map.json"} if id_map is not None else None,
-        "dataset": {"name": ds.name, "sha256": ds.sha256, "negatives_sha256": negs.sha256,
-                    "num_users": ds.num_users, "num_items": ds.num_items},
-        "metrics": metrics,
-        "created_at": f"{version[:4]}-{version[4:6]}-{version[6:8]}T00:00:00Z",
-        "packages": {"torch": torch.__version__},
-        "files": {f: _sha(out / f) for f in files},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    Manifest(
+        name=name, version=version, config={"dim": DIM, "seed": seed}, encoder=encoder,
+        items_count=ds.num_items, items_dim=DIM + 1,
+        dataset=DatasetSpec(name=ds.name, sha256=ds.sha256, negatives_sha256=negs.sha256,
+                            num_users=ds.num_users, num_items=ds.num_items),
+        metrics=metrics, created_at=f"{version[:4]}-{version[4:6]}-{version[6:8]}T00:00:00Z",
+        packages={"torch": torch.__version__}, files=file_checksums(out, files), has_id_map=id_map is not None,
+    ).write(out, indent=1)
     if write_latest:
-        (root / "latest").write_text(f"{name}/{version}\n", encoding="utf-8")
+        (root / LATEST).write_text(latest_text(name, version), encoding="utf-8")
     return out
 
 
 def rewrite_manifest(folder: Path, edit: Callable[[dict], None], refresh_checksums: bool = False) -> None:
     """Edit an artifact's manifest in place (optionally recomputing the file checksums)."""
-    path = folder / "manifest.json"
+    path = folder / MANIFEST
     manifest = json.loads(path.read_text())
     edit(manifest)
     if refresh_checksums:
-        manifest["files"] = {f: _sha(folder / f) for f in manifest["files"]}
+        manifest["files"] = file_checksums(folder, manifest["files"])
     path.write_text(json.dumps(manifest), encoding="utf-8")
 
 
