@@ -163,6 +163,10 @@ class BERT4Rec(nn.Module):
             x = block(x, keep)
         return x
 
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, L, d): the encoder SSI's consistency tasks read (the same as ``forward``)."""
+        return self.forward(tokens)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Item logits (..., N) for hidden states (..., d): head(h) . E_items^T + b."""
         return self.head(hidden) @ self.item_embeddings().T + self.out_bias
@@ -187,6 +191,10 @@ class BERT4Rec(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         """(N, d + 1) ``[E_items | b]``, row i = item id i + 1."""
         return torch.cat([self.item_embeddings(), self.out_bias[:, None]], dim=1)
+
+    def output_items(self) -> torch.Tensor:
+        """(N, d) the item table a student imitates (SSI eq. 7): the tied embeddings, bias excluded."""
+        return self.item_embeddings()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

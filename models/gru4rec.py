@@ -26,10 +26,21 @@ class GRU4RecConfig:
     num_layers: int = 1
     dropout: float = 0.3  # on the input embeddings
     max_len: int = 50  # history length used in training and evaluation (encode accepts any length)
+    special_tokens: int = 0  # token rows after the items: 2 = [MASK], [INT] for SSI's consistency tasks
 
     def __post_init__(self) -> None:
         if self.num_items < 1 or self.max_len < 1:
             raise ValueError(f"GRU4Rec needs num_items >= 1 and max_len >= 1, got {self.num_items}, {self.max_len}")
+        if self.special_tokens not in (0, 2):
+            raise ValueError(f"special_tokens must be 0 or 2 ([MASK], [INT]), got {self.special_tokens}")
+
+    @property
+    def mask_token(self) -> int:
+        return self.num_items + 1
+
+    @property
+    def int_token(self) -> int:
+        return self.num_items + 2
 
     @classmethod
     def preset(cls, name: Literal["smoke", "cpu", "paper"], **overrides) -> GRU4RecConfig:
@@ -64,7 +75,7 @@ class GRU4Rec(nn.Module):
     def __init__(self, config: GRU4RecConfig):
         super().__init__()
         self.config = config
-        self.item_emb = nn.Embedding(config.num_items + 1, config.dim, padding_idx=0)
+        self.item_emb = nn.Embedding(config.num_items + 1 + config.special_tokens, config.dim, padding_idx=0)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.gru = nn.GRU(config.dim, config.hidden, num_layers=config.num_layers, batch_first=True, bias=True)
         self.dense = nn.Linear(config.hidden, config.dim)
@@ -98,11 +109,12 @@ class GRU4Rec(nn.Module):
         return out.gather(1, idx).squeeze(1)
 
     def item_vectors(self) -> torch.Tensor:
-        """(N, d): the input table, rows 1..N (scores are tied, with no bias)."""
-        return self.item_emb.weight[1:]
+        """(N, d): the input table, rows 1..N (scores are tied, with no bias; special tokens excluded)."""
+        return self.item_emb.weight[1 : self.config.num_items + 1]
 
     def output_items(self) -> torch.Tensor:
-        return self.item_emb.weight[1:]
+        """(N, d): the output item table (the same tied rows), imitated by or imitating another model."""
+        return self.item_vectors()
 
     # ---- training -------------------------------------------------------------------------------
     def sequence_output(self, history: torch.Tensor) -> torch.Tensor:
@@ -117,9 +129,13 @@ class GRU4Rec(nn.Module):
         out = out.gather(1, src.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
         return out * (history > 0).unsqueeze(-1).to(out.dtype)
 
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-padded tokens -> (B, L, d); what SSI's consistency tasks read (column -1: the last token)."""
+        return self.sequence_output(tokens)
+
     def forward(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         """Scores over items 1..N: (B, N)."""
-        return self.encode(history) @ self.item_emb.weight[1:].T
+        return self.encode(history) @ self.item_vectors().T
 
     def extra_repr(self) -> str:
         c = self.config

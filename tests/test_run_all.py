@@ -99,3 +99,25 @@ def test_a_run_another_process_is_training_is_skipped(tmp_path, shared_data_dir)
     assert not (out / "lastfm" / "mostpop" / "seed42" / "metrics.json").exists()
     p = _run(args)  # lock released: the run is trained now
     assert p.returncode == 0 and (out / "lastfm" / "mostpop" / "seed42" / "metrics.json").is_file()
+
+
+def test_plan_puts_referenced_rows_first_once() -> None:
+    from training.run_all import plan
+
+    runs = plan(["beauty"], ["ssi_hgn_ce_gru", "kd_hgn_ce_gru4rec", "ensemble_gru_teachers"], [42, 43, 44], [])
+    names = [(r.model, r.seed) for r in runs]
+    assert len(names) == len(set(names))
+    assert names.index(("teacher_gru_global", 42)) < names.index(("ensemble_gru_teachers", 42)) \
+        < names.index(("ssi_hgn_ce_gru", 42))
+    assert {("gru4rec", s) for s in (42, 43, 44)} <= set(names)  # the plain teachers of the KD control
+    assert ("teacher_gru_temporal", 43) not in names  # teachers train on the first seed only
+
+
+def test_a_reference_to_a_missing_seed_is_a_clear_error(tmp_path, shared_data_dir) -> None:
+    p = _run(["--preset", "smoke", "--datasets", "lastfm", "--data-dir", str(shared_data_dir), "--out",
+              str(tmp_path), "--models", "kd_hgn_ce_gru4rec", "--seeds", "42", "--no-export"])
+    assert p.returncode != 0 and "gru4rec@1" in p.stderr and "Traceback" not in p.stderr
+    from training.run_all import CATALOG, references_resolve
+
+    assert not references_resolve("kd_hgn_ce_gru4rec", [42]) and references_resolve("ssi_hgn_ce_gru", [42])
+    assert all(references_resolve(m, [42, 43, 44]) for m in CATALOG)

@@ -37,22 +37,54 @@ log = logging.getLogger("ssi.run_all")
 
 PRESETS = ("smoke", "cpu", "paper")
 TEACHER_VARIANTS = ("temporal", "persona", "global")
+# The paper's teachers (BERT4Rec, cloze + task) and the same tasks on a causal GRU4Rec backbone trained with
+# next-item cross-entropy (training/teachers.py, NextItemTeacherTask), a stronger recommender on small data.
+PAPER_TEACHERS = tuple(f"teacher_{v}" for v in TEACHER_VARIANTS)
+GRU_TEACHERS = tuple(f"teacher_gru_{v}" for v in TEACHER_VARIANTS)
+# plain GRU4Rec (CE) runs of the first three seeds: the GRU teachers without their consistency task
+PLAIN_GRU_TEACHERS = ("gru4rec@0", "gru4rec@1", "gru4rec@2")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What one row of the tables trains. Exactly one of the kinds is set."""
+    """What one row of the tables trains. Exactly one of the kinds is set.
 
-    group: str  # baseline | teacher | student | ablation
+    Teachers and ensemble members are references to other rows: ``"name"`` is that row's run with the
+    first seed, ``"name@k"`` its run with the k-th seed of the invocation.
+    """
+
+    group: str  # baseline | teacher | ensemble | student | ablation
     mostpop: bool = False
     teacher: str | None = None  # bert4rec | temporal | persona | global
+    backbone: str = "bert4rec"  # a teacher's backbone: bert4rec (the paper's) | gru4rec
     student: str | None = None  # hgn | gru4rec
-    teachers: tuple[str, ...] = ()
+    teachers: tuple[str, ...] = ()  # rows imitated by a student
+    members: tuple[str, ...] = ()  # rows whose next-item distributions an ensemble averages
     use_kl: bool = True
     use_mse: bool = True
     loss: str | None = None  # None: the model's paper loss
     baseline: str | None = None  # sasrec | sasrec_ce | s3rec | grec
     all_seeds: bool = True
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        return self.teachers + self.members
+
+
+def _student_rows(suffix: str, teachers: tuple[str, ...]) -> dict[str, ModelSpec]:
+    """The SSI students, the Table 3 ablations and the Figure 3 single-teacher rows on one teacher set."""
+    rows = {
+        f"ssi_hgn{suffix}": ModelSpec("student", student="hgn", teachers=teachers),
+        f"ssi_hgn_ce{suffix}": ModelSpec("student", student="hgn", teachers=teachers, loss="ce"),
+        f"ssi_gru4rec{suffix}": ModelSpec("student", student="gru4rec", teachers=teachers),
+    }
+    base = "ssi_hgn" if not suffix else f"ssi_hgn_ce{suffix}"  # paper: Table 3 on HGN; GRU set: on HGN-CE
+    spec = rows[base]
+    rows |= {f"{base}_no_mse": ModelSpec("ablation", student="hgn", teachers=teachers, loss=spec.loss, use_mse=False),
+             f"{base}_no_kl": ModelSpec("ablation", student="hgn", teachers=teachers, loss=spec.loss, use_kl=False)}
+    rows |= {f"{base}_{t.rsplit('_', 1)[1]}": ModelSpec("ablation", student="hgn", teachers=(t,), loss=spec.loss)
+             for t in teachers}
+    return rows
 
 
 CATALOG: dict[str, ModelSpec] = {
@@ -66,14 +98,17 @@ CATALOG: dict[str, ModelSpec] = {
     "s3rec": ModelSpec("baseline", baseline="s3rec"),
     "grec": ModelSpec("baseline", baseline="grec"),
     **{f"teacher_{v}": ModelSpec("teacher", teacher=v, all_seeds=False) for v in TEACHER_VARIANTS},
-    "ssi_hgn": ModelSpec("student", student="hgn", teachers=TEACHER_VARIANTS),
-    "ssi_hgn_ce": ModelSpec("student", student="hgn", teachers=TEACHER_VARIANTS, loss="ce"),
-    "ssi_gru4rec": ModelSpec("student", student="gru4rec", teachers=TEACHER_VARIANTS),
-    "ssi_hgn_no_mse": ModelSpec("ablation", student="hgn", teachers=TEACHER_VARIANTS, use_mse=False),
-    "ssi_hgn_no_kl": ModelSpec("ablation", student="hgn", teachers=TEACHER_VARIANTS, use_kl=False),
-    **{f"ssi_hgn_{v}": ModelSpec("ablation", student="hgn", teachers=(v,)) for v in TEACHER_VARIANTS},
+    **{f"teacher_gru_{v}": ModelSpec("teacher", teacher=v, backbone="gru4rec", all_seeds=False)
+       for v in TEACHER_VARIANTS},
+    "ensemble_paper_teachers": ModelSpec("ensemble", members=PAPER_TEACHERS, all_seeds=False),
+    "ensemble_gru_teachers": ModelSpec("ensemble", members=GRU_TEACHERS, all_seeds=False),
+    "ensemble_gru4rec": ModelSpec("ensemble", members=PLAIN_GRU_TEACHERS, all_seeds=False),
+    **_student_rows("", PAPER_TEACHERS),
+    **_student_rows("_gru", GRU_TEACHERS),
+    # plain distillation: the GRU teachers without their consistency task (Issue: what the tasks add)
+    "kd_hgn_ce_gru4rec": ModelSpec("ablation", student="hgn", teachers=PLAIN_GRU_TEACHERS, loss="ce"),
 }
-SSI_STUDENTS = ("ssi_hgn", "ssi_hgn_ce", "ssi_gru4rec")
+SSI_STUDENTS = tuple(n for n, s in CATALOG.items() if s.group == "student")
 
 
 @dataclass(frozen=True)
@@ -91,26 +126,47 @@ class Run:
         return out / self.dataset / self.name / f"seed{self.seed}"
 
 
+def resolve_reference(ref: str, dataset: str, seeds: list[int], layers: int | None = None) -> Run:
+    """``"name"`` -> that row's run with the first seed; ``"name@k"`` -> with ``seeds[k]``."""
+    name, _, k = ref.partition("@")
+    if name not in CATALOG:
+        raise ValueError(f"unknown row {name!r} in a teacher/member reference {ref!r}")
+    index = int(k) if k else 0
+    if index >= len(seeds):
+        raise ValueError(f"{ref!r} needs at least {index + 1} seeds (--seeds), got {seeds}")
+    return Run(dataset, name, seeds[index], layers if CATALOG[name].teacher else None)
+
+
+def references_resolve(model: str, seeds: list[int]) -> bool:
+    """Whether every teacher/member reference of ``model`` has its seed among ``seeds``."""
+    return all(int(ref.partition("@")[2] or 0) < len(seeds) for ref in CATALOG[model].references)
+
+
 def plan(datasets: list[str], models: list[str], seeds: list[int], layers: list[int]) -> list[Run]:
-    """All runs in execution order; teachers come before the students that need them."""
-    order = ["baseline", "teacher", "student", "ablation"]
-    wanted = set(models)
-    # students need their teachers, even when only the students were asked for
-    for m in models:
-        wanted |= {f"teacher_{t}" for t in CATALOG[m].teachers}
+    """All runs in execution order; teachers and ensemble members come before the rows that need them."""
+    order = ["baseline", "teacher", "ensemble", "student", "ablation"]
     runs: list[Run] = []
     for ds in datasets:
+        needed = list(dict.fromkeys(resolve_reference(ref, ds, seeds) for m in models for ref in CATALOG[m].references))
         for group in order:
             for name, spec in CATALOG.items():
-                if name in wanted and spec.group == group:
+                if spec.group != group:
+                    continue
+                if name in models:
                     runs += [Run(ds, name, s) for s in (seeds if spec.all_seeds else seeds[:1])]
+                runs += [r for r in needed if r.model == name and r not in runs]
         for n in layers:  # Figure 4: teacher depth -> SSI-HGN
             runs += [Run(ds, f"teacher_{v}", seeds[0], n) for v in TEACHER_VARIANTS]
             runs.append(Run(ds, "ssi_hgn", seeds[0], n))
     return runs
 
 
-def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool, first_seed: int) -> dict[str, Any]:
+def teacher_name(ref: str) -> str:
+    """The name of a teacher's loss terms and lambda: ``teacher_gru_temporal`` -> ``gru_temporal``."""
+    return ref.removeprefix("teacher_").replace("@", "_s")
+
+
+def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool, seeds: list[int]) -> dict[str, Any]:
     """Train (or load, when finished) one run."""
     spec, run_dir = CATALOG[run.model], run.dir(out)
     if spec.mostpop:
@@ -121,14 +177,21 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
         from training.teachers import train_teacher
 
         over = {"n_layers": run.layers} if run.layers else None
-        return train_teacher(spec.teacher, ds, preset, run_dir, seed=run.seed, resume=resume, overrides=over)
+        return train_teacher(spec.teacher, ds, preset, run_dir, seed=run.seed, resume=resume, overrides=over,
+                             backbone=spec.backbone)
     if spec.baseline is not None:
         from training.baselines import train_baseline
 
         return train_baseline(spec.baseline, ds, preset, run_dir, seed=run.seed, resume=resume)
+    if spec.members:
+        from training.ensemble import evaluate_ensemble
+
+        members = [resolve_reference(m, run.dataset, seeds).dir(out) for m in spec.members]
+        return evaluate_ensemble(members, ds, run_dir, resume=resume)
     from training.students import ImitationConfig, train_student
 
-    teacher_dirs = {t: Run(run.dataset, f"teacher_{t}", first_seed, run.layers).dir(out) for t in spec.teachers}
+    teacher_dirs = {teacher_name(t): resolve_reference(t, run.dataset, seeds, run.layers).dir(out)
+                    for t in spec.teachers}
     # cpu preset: teacher distributions precomputed once (no teacher matmul/softmax per batch; see
     # training/teacher_cache.py); on a GPU the per-batch matmul is cheaper than reading them back.
     imitation = ImitationConfig(use_kl=spec.use_kl, use_mse=spec.use_mse, cache_probs=preset == "cpu")
@@ -235,8 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         check_writable(args.out)
     seeds = args.seeds or ([42] if preset == "smoke" else [42, 43, 44])
-    models = args.models or list(CATALOG)
-    runs = plan(list(datasets), models, seeds, args.teacher_layers)
+    models = args.models or [m for m in CATALOG if references_resolve(m, seeds)]
+    try:
+        runs = plan(list(datasets), models, seeds, args.teacher_layers)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     log.info("preset %s%s | datasets %s | %d runs | seeds %s | out %s | world size %d", preset,
              "" if args.preset else " (default for this device)", ", ".join(datasets), len(runs), seeds, args.out, world)
     from training.runs import is_finished, run_lock  # torch-importing; kept out of --help
@@ -255,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.time()
         if world > 1:  # DDP ranks train each run together; a lock per process would split them
-            m = execute(run, ds, preset, args.out, args.resume, seeds[0])
+            m = execute(run, ds, preset, args.out, args.resume, seeds)
         else:
             with run_lock(run.dir(args.out)) as holder:
                 if holder is not None:
@@ -263,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                                 run.dataset, run.name, run.seed, holder)
                     missing.append(run)
                     continue
-                m = execute(run, ds, preset, args.out, args.resume, seeds[0])
+                m = execute(run, ds, preset, args.out, args.resume, seeds)
         if rank != 0:
             continue
         results[run] = m

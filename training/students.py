@@ -263,7 +263,8 @@ class FrozenTeacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         with torch.no_grad():
-            self.items = self.model.item_vectors().detach().float()  # (N, D_t + 1), bias last
+            self.items = self.model.item_vectors().detach().float()  # (N, D_t'), scoring table (bias folded in)
+            self.table = self.model.output_items().detach().float()  # (N, D_t), imitated by the MSE term
         self.cache: torch.Tensor | None = None  # (E, D_t + 1) queries of every training example
         self.probs: TeacherProbCache | None = None  # (E, N) distributions, with ImitationConfig.cache_probs
 
@@ -282,6 +283,7 @@ class FrozenTeacher:
         self.model.to(device)
         with torch.no_grad():
             self.items = self.model.item_vectors().detach().float()
+            self.table = self.model.output_items().detach().float()
         if self.cache is not None:
             self.cache = self.cache.to(device)
         return self
@@ -309,10 +311,10 @@ class FrozenTeacher:
 
     @property
     def dim(self) -> int:
-        return int(self.items.shape[1]) - 1  # item embeddings without the bias column
+        return int(self.table.shape[1])
 
     def item_table(self) -> torch.Tensor:
-        return self.items[:, :-1]  # (N, D_t): bias column dropped
+        return self.table  # (N, D_t): the teacher's output item table (no bias column)
 
 
 # ---- the task -----------------------------------------------------------------------------------

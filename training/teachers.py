@@ -13,10 +13,16 @@ the last item masked, exactly the inference situation). Samples are sharded over
 ``perm[r::world]``, padded to equal counts). Within a rank, windows of ``bucket_batches`` batches
 are sorted by length so that a batch is padded to its own longest sequence, not to ``max_len``.
 
+Teachers on a causal backbone (``--backbone gru4rec``, ``NextItemTeacherTask``): the same three tasks on
+GRU4Rec with [MASK]/[INT] tokens, whose main loss is cross-entropy on every next item (GRU4Rec's own
+objective) instead of the cloze. Not the paper's teacher: a stronger recommender to imitate on small
+data, where the cloze-trained BERT4Rec falls below the students it should teach (docs/results).
+
 CLI (also under ``torchrun --nproc_per_node N -m training.teachers ...``)::
 
     python -m training.teachers --variant temporal --dataset beauty --preset cpu \
-        --out artifacts/runs/beauty/teacher-temporal [--seed 42] [--fresh] [--data-dir DIR] [--set lr=5e-4]
+        --out artifacts/runs/beauty/teacher-temporal [--backbone gru4rec] [--seed 42] [--fresh] [--data-dir DIR] \
+        [--set lr=5e-4]
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,8 +44,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from models.bert4rec import BERT4Rec, BERT4RecConfig
+from models.consistency import VARIANTS as TASKS
 from models.consistency import ConsistencyConfig, SequencePool, build_consistency
+from models.gru4rec import GRU4Rec, GRU4RecConfig
 from protocol import SequenceDataset, load_dataset, load_or_create_negatives, pad_left, train_sequences
+from training.students import ImitationConfig, StudentTask
+from training.students import train_config as student_train_config
 from training.trainer import TrainConfig, TrainTask, dist_info, fit
 
 log = logging.getLogger("ssi.teachers")
@@ -195,19 +205,69 @@ class TeacherTask(TrainTask):
         terms = {"cloze": cloze}
         loss = cloze
         if self.consistency is not None:
-            t = self.consistency(self.model, batch)
+            t = self.consistency(self.model.hidden_states, batch)
             loss = loss + self.consistency_config.weight * t["loss"]
             terms |= {self.variant: t["loss"].detach(), f"{self.variant}_acc": t["acc"]}
         return {"loss": loss, **terms}
 
 
+class NextItemTeacherTask(StudentTask):
+    """An SSI teacher on a causal backbone: cross-entropy on every next item + lambda * a consistency loss.
+
+    The backbone is GRU4Rec with two extra tokens ([MASK], [INT]); its main objective is exactly the
+    GRU4Rec student's (every prefix scored in one pass, full softmax), so the teacher without its task is
+    the GRU4Rec (CE) baseline. The consistency task (``models/consistency.py``, unchanged) reads the
+    backbone's last hidden state, as it reads BERT4Rec's. The task sees each batch row's full training
+    segment (its inputs plus the last target) and the row's user (for persona's donors).
+    """
+
+    def __init__(self, model: GRU4Rec, ds: SequenceDataset, batch_size: int, variant: str,
+                 consistency: ConsistencyConfig):
+        super().__init__(model, ds, {}, ImitationConfig(use_kl=False, use_mse=False), "ce", batch_size,
+                         teacher_width=model.config.max_len)
+        if variant not in TASKS:
+            raise ValueError(f"unknown consistency task {variant!r}; expected one of {', '.join(TASKS)}")
+        c = model.config
+        if c.special_tokens < 2:
+            raise ValueError("a next-item teacher needs a backbone with [MASK] and [INT] tokens (special_tokens=2)")
+        self.variant, self.consistency_config = variant, consistency
+        pool = SequencePool.from_sequences([torch.from_numpy(s) for s in train_sequences(ds)]) if variant == "persona" else None
+        self.consistency = build_consistency(variant, c.dim, consistency, c.mask_token, c.int_token, c.max_len, pool)
+
+    def batches(self, epoch: int, rng: np.random.Generator, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))  # this epoch's augmentations
+        users = torch.from_numpy(self.examples.teacher_users)  # (E,) user row of every example
+        for batch in super().batches(epoch, rng, rank, world):
+            clean = torch.cat([batch["history"], batch["targets"][:, -1:]], dim=1)  # (B, W + 1) whole segment
+            clean = clean[:, -self.model.config.max_len:]
+            batch.update(self.consistency.make_batch(clean, users[batch["example"][:, -1]], gen))
+            yield batch
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        terms = super().forward(batch)  # {"student": next-item CE, "loss"}
+        t = self.consistency(self.model.hidden_states, batch)
+        loss = terms.pop("student") + self.consistency_config.weight * t["loss"]
+        return {"loss": loss, "next_item": terms["loss"].detach(), self.variant: t["loss"].detach(),
+                f"{self.variant}_acc": t["acc"]}
+
+
 # ---- building and training -------------------------------------------------------------------------
+Backbone = Literal["bert4rec", "gru4rec"]
+BACKBONES: tuple[str, ...] = ("bert4rec", "gru4rec")
+
+
 @dataclass
 class TeacherSetup:
-    model: BERT4RecConfig
+    """Everything a teacher run is built from. ``cloze`` is None on a causal backbone (next-item loss)."""
+
+    model: BERT4RecConfig | GRU4RecConfig
     train: TrainConfig
-    cloze: ClozeConfig
+    cloze: ClozeConfig | None
     consistency: ConsistencyConfig | None
+
+    @property
+    def backbone(self) -> str:
+        return "bert4rec" if isinstance(self.model, BERT4RecConfig) else "gru4rec"
 
 
 def _fields(cls: type) -> set[str]:
@@ -215,51 +275,72 @@ def _fields(cls: type) -> set[str]:
 
 
 def resolve_setup(variant: str, preset: str, num_items: int, seed: int = 42,
-                  overrides: dict[str, Any] | None = None, progress: bool = True) -> TeacherSetup:
-    """Preset configs with ``overrides`` applied by field name (``max_len`` sets model and trainer)."""
+                  overrides: dict[str, Any] | None = None, progress: bool = True,
+                  backbone: Backbone = "bert4rec") -> TeacherSetup:
+    """Preset configs with ``overrides`` applied by field name (``max_len`` sets model and trainer).
+
+    ``backbone="bert4rec"``: the paper's teacher (cloze + task). ``"gru4rec"``: GRU4Rec with [MASK]/[INT]
+    tokens, trained with next-item cross-entropy on every prefix + task; the trainer preset is the
+    GRU4Rec student's (``training.students.train_config``), and the variant must be a task.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown teacher variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown teacher backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
+    causal = backbone == "gru4rec"
+    if causal and variant == "bert4rec":
+        raise ValueError("a gru4rec teacher without a consistency task is the gru4rec baseline; pick a task")
     overrides = dict(overrides or {})
     if "seed" in overrides or "num_items" in overrides:
         raise ValueError("seed and num_items are not overrides (use the seed argument; num_items comes from the data)")
-    targets = {"model": _fields(BERT4RecConfig), "train": _fields(TrainConfig), "cloze": _fields(ClozeConfig),
+    model_cls = GRU4RecConfig if causal else BERT4RecConfig
+    targets = {"model": _fields(model_cls) - {"special_tokens"}, "train": _fields(TrainConfig),
+               "cloze": set() if causal else _fields(ClozeConfig),
                "consistency": _fields(ConsistencyConfig) if variant != "bert4rec" else set()}
     unknown = [k for k in overrides if not any(k in names for names in targets.values())]
     if unknown:
         raise ValueError(f"unknown override(s) {unknown}; fields: {sorted(set().union(*targets.values()))}")
     pick = {part: {k: v for k, v in overrides.items() if k in names} for part, names in targets.items()}
-    model = BERT4RecConfig.preset(preset, num_items=num_items, **pick["model"])
-    train = TrainConfig(**{**TRAIN_PRESETS[preset], "max_len": model.max_len, **pick["train"],
-                           "seed": seed, "progress": progress})
+    if causal:
+        model = GRU4RecConfig.preset(preset, num_items=num_items, special_tokens=2, **pick["model"])
+        base = dataclasses.asdict(student_train_config("gru4rec", preset, seed, progress))
+    else:
+        model = BERT4RecConfig.preset(preset, num_items=num_items, **pick["model"])
+        base = TRAIN_PRESETS[preset]
+    train = TrainConfig(**{**base, "max_len": model.max_len, **pick["train"], "seed": seed, "progress": progress})
     if train.max_len != model.max_len:
         raise ValueError(f"max_len differs: model {model.max_len}, trainer {train.max_len}")
-    cloze = ClozeConfig(**pick["cloze"])
+    cloze = None if causal else ClozeConfig(**pick["cloze"])
     consistency = ConsistencyConfig(**pick["consistency"]) if variant != "bert4rec" else None
     return TeacherSetup(model, train, cloze, consistency)
 
 
-def build_teacher(variant: str, ds: SequenceDataset, setup: TeacherSetup) -> TeacherTask:
+def build_teacher(variant: str, ds: SequenceDataset, setup: TeacherSetup) -> TeacherTask | NextItemTeacherTask:
     """A freshly initialised teacher task (seeded with ``setup.train.seed``)."""
     torch.manual_seed(setup.train.seed)
+    if setup.cloze is None:
+        return NextItemTeacherTask(GRU4Rec(setup.model), ds, setup.train.batch_size, variant, setup.consistency)
     model = BERT4Rec(setup.model)
     return TeacherTask(model, train_sequences(ds), setup.train.batch_size, setup.cloze, variant, setup.consistency)
 
 
 def run_info(variant: str, preset: str, setup: TeacherSetup) -> dict[str, Any]:
     """What ``run.json`` records beside the trainer's fields, so that students can rebuild the teacher."""
-    return {"teacher_variant": variant, "preset": preset, "cloze_config": dataclasses.asdict(setup.cloze),
+    return {"teacher_variant": variant, "teacher_backbone": setup.backbone, "preset": preset,
+            "cloze_config": dataclasses.asdict(setup.cloze) if setup.cloze else None,
             "consistency_config": dataclasses.asdict(setup.consistency) if setup.consistency else None}
 
 
 def train_teacher(variant: str, ds: SequenceDataset, preset: str, run_dir: str | os.PathLike, seed: int = 42,
-                  resume: bool = True, overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+                  resume: bool = True, overrides: dict[str, Any] | None = None, progress: bool = True,
+                  backbone: Backbone = "bert4rec") -> dict[str, Any]:
     """Train one teacher into ``run_dir`` (a finished run is returned as is); returns its metrics.
 
     Under DDP every rank calls this; only rank 0 writes and returns metrics (the others return {}).
     """
-    setup = resolve_setup(variant, preset, ds.num_items, seed, overrides, progress)
+    setup = resolve_setup(variant, preset, ds.num_items, seed, overrides, progress, backbone)
     task = build_teacher(variant, ds, setup)
     rank, world = dist_info()
     if world > 1 and rank != 0:
@@ -268,8 +349,8 @@ def train_teacher(variant: str, ds: SequenceDataset, preset: str, run_dir: str |
     if world > 1 and rank == 0:
         dist.barrier()
     if rank == 0:
-        log.info("teacher %s on %s (%s): %d users, %d items, %d parameters, %d batches/epoch", variant, ds.name,
-                 preset, ds.num_users, ds.num_items, task.model.num_params(), task.num_batches(world))
+        log.info("teacher %s (%s backbone) on %s (%s): %d users, %d items, %d parameters, %d batches/epoch",
+                 variant, setup.backbone, ds.name, preset, ds.num_users, ds.num_items, sum(p.numel() for p in task.model.parameters()), task.num_batches(world))
     return fit(task, ds, setup.train, run_dir, resume=resume, negatives=negatives,
                run_info=run_info(variant, preset, setup))
 
@@ -301,6 +382,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.teachers", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", required=True, choices=VARIANTS, help="teacher: cloze only or cloze + a consistency task")
+    p.add_argument("--backbone", default="bert4rec", choices=BACKBONES,
+                   help="bert4rec: the paper's cloze teacher (default); gru4rec: next-item CE on every prefix + the task")
     p.add_argument("--dataset", required=True, help="beauty, toys, sports, lastfm, NAME (in the data folder) or a .txt path")
     p.add_argument("--preset", default="cpu", choices=PRESETS, help="model size and optimisation (default: cpu)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
@@ -328,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ds = load_dataset(args.dataset, args.data_dir)
         metrics = train_teacher(args.variant, ds, args.preset, args.out, seed=args.seed, resume=args.resume,
-                                overrides=dict(args.overrides), progress=args.progress)
+                                overrides=dict(args.overrides), progress=args.progress, backbone=args.backbone)
         if rank == 0:
             print(json.dumps({"run_dir": str(args.out), "test": metrics["test"],
                               "best_epoch": metrics["best_epoch"], "wall_time_s": metrics["wall_time_s"]}, indent=2))
