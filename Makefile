@@ -7,9 +7,12 @@ PY := $(VENV)/bin/python
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 EXTRA := $(if $(filter 1,$(HAS_GPU)),gpu,cpu)
 CONSTRAINTS := $(if $(filter 1,$(HAS_GPU)),,-c constraints-cpu.txt)
-# Data: SSI_DATA_DIR if set, else ../shared/data when it exists, else ./data
-SSI_DATA_DIR ?= $(if $(wildcard ../shared/data/Beauty.txt),$(abspath ../shared/data),$(abspath data))
+# Data: the folder is chosen by protocol.data.resolve_data_dir, the rule of every entry point
+# (SSI_DATA_DIR when set, else ./data when it exists, else ../shared/data when it exists, else ./data);
+# make only passes SSI_DATA_DIR on when you set it (`make run SSI_DATA_DIR=/path/to/data`).
+ifneq ($(strip $(SSI_DATA_DIR)),)
 export SSI_DATA_DIR
+endif
 DATASET ?= lastfm
 PRESET ?= smoke
 PORT ?= 8000
@@ -28,7 +31,7 @@ $(VENV)/.installed-$(EXTRA): pyproject.toml constraints-cpu.txt
 
 venv: $(VENV)/.installed-$(EXTRA)  ## create .venv and install (cpu or gpu extra, chosen automatically)
 
-data: venv  ## make sure DATASET is in SSI_DATA_DIR (downloads the public file, checksum-verified, if missing)
+data: venv  ## make sure DATASET is in the data folder (downloads the public file, checksum-verified, if missing)
 	@$(PY) -m training.data info $(DATASET) >/dev/null 2>&1 || $(PY) -m training.data download $(DATASET)
 
 # `make run` trains the rows needed to serve SSI-HGN (MostPop, HGN alone, three teachers, SSI-HGN);

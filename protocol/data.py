@@ -1,12 +1,15 @@
 """Loading the S3-Rec sequence format (``user item item ...``, one user per line).
 
-Dataset names map to files; any ``NAME.txt`` in the data folder is a dataset too. The folder comes
-from the ``data_dir`` argument, else ``$SSI_DATA_DIR``, else ``./data``.
+Dataset names map to files; any ``NAME.txt`` in the data folder is a dataset too. The folder is
+``resolve_data_dir``'s answer, the one rule every entry point uses: the ``data_dir`` argument (a
+``--data-dir`` flag), else ``$SSI_DATA_DIR``, else ``./data`` when it exists, else ``shared/data`` beside the
+checkout when it exists, else ``./data``.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +36,25 @@ class DataError(Exception):
     """A dataset that cannot be used; the message names the file (and line) and what to do."""
 
 
+DATA_ENV = "SSI_DATA_DIR"
+LOCAL_DATA = Path("data")
+#: A data folder kept once beside the checkout, for several checkouts (``<checkout>/../shared/data``).
+SIBLING_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    if data_dir is not None:
+    """The data folder, by the one rule of every entry point (CLIs, server, load test, Makefile):
+    ``data_dir`` when given, else ``$SSI_DATA_DIR`` when set and not empty, else ``./data`` when it
+    exists, else ``SIBLING_DATA`` (``shared/data`` beside the checkout) when it exists, else ``./data``
+    (where ``python -m training.data download`` puts a dataset)."""
+    if data_dir is not None and str(data_dir) != "":
         return Path(data_dir)
-    env = os.environ.get("SSI_DATA_DIR")
-    return Path(env) if env else Path("data")
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    if not LOCAL_DATA.is_dir() and SIBLING_DATA.is_dir():
+        return SIBLING_DATA
+    return LOCAL_DATA
 
 
 def dataset_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -54,7 +71,8 @@ def dataset_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     known = sorted(set(DATASET_FILES) | {p.stem for p in folder.glob("*.txt") if not p.stem.endswith("_sample")})
     hint = ""
     if name.lower() in DATASET_FILES:
-        hint = f" Download it with: python -m training.data download {name.lower()} --data-dir {folder}."
+        hint = (f" Download it with: python -m training.data --data-dir {shlex.quote(str(folder))} download"
+                f" {name.lower()}.")
     raise DataError(
         f"dataset {name!r} not found in data folder {folder.resolve()} (set --data-dir or SSI_DATA_DIR)."
         f"{hint} Known names: {', '.join(known)}."

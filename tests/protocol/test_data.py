@@ -1,9 +1,11 @@
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from protocol import DataError, eval_examples, load_dataset, pad_left, train_sequences
-from protocol.data import dataset_path
+from protocol.data import dataset_path, resolve_data_dir
 from training.data import convert
 from training.data import main as data_cli
 
@@ -46,7 +48,41 @@ def test_missing_dataset_names_folder_and_command(tmp_path):
     with pytest.raises(DataError) as e:
         dataset_path("beauty", tmp_path)
     msg = str(e.value)
-    assert str(tmp_path) in msg and "python -m training.data download beauty" in msg
+    assert str(tmp_path) in msg and f"python -m training.data --data-dir {tmp_path} download beauty" in msg
+
+
+def test_missing_dataset_hint_runs_as_printed(tmp_path, monkeypatch):
+    """The command in the hint is accepted by the data CLI exactly as printed (the flag before the subcommand)."""
+    import shlex
+
+    import training.data
+
+    with pytest.raises(DataError) as e:
+        dataset_path("beauty", tmp_path)
+    command = str(e.value).split("Download it with: ")[1].split(". Known names")[0]
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "training.data"]
+    calls = []
+    monkeypatch.setattr(training.data, "download", lambda name, folder, url=None: calls.append((name, folder)))
+    assert data_cli(argv[3:]) == 0
+    assert calls == [("beauty", tmp_path)]
+
+
+def test_data_dir_resolution_order(tmp_path, monkeypatch):
+    import protocol.data as pdata
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSI_DATA_DIR", str(tmp_path / "env"))
+    assert resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert resolve_data_dir() == tmp_path / "env"
+    monkeypatch.setenv("SSI_DATA_DIR", "")
+    sibling = tmp_path / "shared" / "data"
+    monkeypatch.setattr(pdata, "SIBLING_DATA", sibling)
+    assert resolve_data_dir() == Path("data")  # neither exists: where a download goes
+    sibling.mkdir(parents=True)
+    assert resolve_data_dir() == sibling
+    (tmp_path / "data").mkdir()
+    assert resolve_data_dir() == Path("data")  # a local data folder wins over the shared one
 
 
 def test_env_data_dir(monkeypatch, tiny_dataset_file):
