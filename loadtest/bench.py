@@ -32,10 +32,12 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, ValidationError
+from pydantic_settings import SettingsConfigDict
 from typing_extensions import Self
 
 from loadtest.report import (
@@ -48,7 +50,10 @@ from loadtest.report import (
     wait_ready,
 )
 from loadtest.run import run_locust
+from loadtest.settings import LoadtestSettings, add_flags, describe_error, from_args
 from loadtest.traffic import TrafficConfig, build_pool
+from protocol.artifact import MANIFEST, ArtifactError, read_manifest, resolve_latest
+from protocol.data import resolve_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -152,7 +157,7 @@ def measure(server: ManagedServer, users: int, seconds: float, traffic: TrafficC
     """One bounded locust run (closed loop, or a fixed total ``rate``) with server and machine CPU."""
     import psutil
 
-    t = replace(traffic, rate_per_user=rate / users if rate > 0 else 0.0)
+    t = traffic.replace(rate_per_user=rate / users if rate > 0 else 0.0)
     sampler = ResourceSampler([server.pid], None, interval=0.5).start()
     psutil.cpu_percent(interval=None)
     stats = run_locust(server.url, users, seconds, t, prefix)
@@ -210,8 +215,8 @@ def latency_breakdown(server: ManagedServer, traffic: TrafficConfig, n: int,
 
     Stages the server has no histogram for are reported together as the rest of the server's own
     ``/recommend`` time (``ssi_request_seconds``)."""
-    plain = replace(traffic, cold_share=0.0, candidates_share=0.0, batch_share=0.0, unknown_share=0.0,
-                    pool_size=max(n, 50))
+    plain = traffic.replace(cold_share=0.0, candidates_share=0.0, batch_share=0.0, unknown_share=0.0,
+                            pool_size=max(n, 50))
     pool, _ = build_pool(plain)
     before = _scrape(server.url)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
@@ -252,13 +257,11 @@ def latency_breakdown(server: ManagedServer, traffic: TrafficConfig, n: int,
 # ---------------------------------------------------------------------------------- artifact
 
 def resolve_artifact(path: Path) -> Path:
-    """An artifact folder, or a root holding ``latest`` -> the folder it names."""
-    if (path / "manifest.json").is_file():
-        return path
-    latest = path / "latest"
-    if latest.is_file():
-        return path / latest.read_text().strip()
-    raise SystemExit(f"error: {path} is neither an artifact folder (manifest.json) nor a root with 'latest'")
+    """An artifact folder, or a root holding ``latest`` -> the folder it names (``protocol.artifact``)."""
+    try:
+        return resolve_latest(path)
+    except ArtifactError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def build_quick_artifact(work: Path, dataset: str, model: str, how: str, log: Any) -> tuple[Path, Path]:
@@ -417,61 +420,76 @@ def render_markdown(res: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------- main
 
+class BenchSettings(LoadtestSettings):
+    """``python -m loadtest.bench``: every field is ``SSI_BENCH_<FIELD>`` and a ``--kebab-case`` flag; the
+    traffic fields (``loadtest.traffic.TrafficConfig``, ``SSI_LOADTEST_*``) come beside them."""
+
+    model_config = SettingsConfigDict(env_prefix="SSI_BENCH_")
+
+    artifact: Path | None = Field(
+        None, description="artifact folder (or a root with 'latest'); none: build one in --work-dir (see --build)")
+    run_dir: Path | None = Field(
+        None, description="training run the artifact came from (naive server); none: the manifest's source")
+    dataset: str | None = Field(None, description="traffic dataset (none: the artifact's)")
+    build: Literal["untrained", "smoke"] = Field(
+        "untrained", description="without --artifact: 'untrained' = cpu-preset sizes, initial weights (seconds); "
+        "'smoke' = training/run_all.py --preset smoke (slow); either is exported and reused")
+    build_model: str = Field("hgn", description="model to build when no --artifact is given")
+    build_dataset: str = Field("lastfm", description="dataset to build on when no --artifact is given")
+    work_dir: Path = Field(Path("artifacts/bench"), description="built model, locust files and server logs")
+    results: Path = Field(Path("loadtest/results"), description="where the markdown/JSON go")
+    servers: str = Field("floor,naive,ours", description="comma list of floor, naive, ours")
+    users: str = Field("2,4,8,16,32,64", description="closed-loop user steps (comma list)")
+    step_seconds: float = Field(8.0, gt=0, description="seconds per step")
+    p99_limit_ms: float = Field(50.0, gt=0, description="p99 limit for the max throughput")
+    moderate_rate: float = Field(200.0, gt=0, description="fixed total req/s of the moderate load")
+    moderate_users: int = Field(20, ge=1, description="users sharing the moderate rate")
+    moderate_seconds: float = Field(12.0, gt=0, description="seconds of moderate load")
+    breakdown_requests: int = Field(300, ge=1, description="sequential requests for the latency breakdown")
+    levers: bool = Field(True, description="measure the levers (--no-levers skips them)")
+    lever_seconds: float = Field(8.0, gt=0, description="seconds per lever")
+    lever_users: int = Field(16, ge=1,
+                             description="closed-loop users for the levers (enough concurrency for batching to matter)")
+    time_budget: float = Field(
+        500.0, gt=0, description="seconds; levers still pending past this are skipped (the whole run stays < 10 min)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="our server's SSI_DEVICE (cuda: the ORT CUDA EP + FAISS GPU path, with --p99-limit-ms 10)")
+    batch_sweep: str = Field(
+        "", description="comma list of max_batch_size values (e.g. 1,8,32,128): our server stepped through the "
+        "user counts once per value, in thread mode (the GPU mode), plus the loop mode on CPU; 1 = no dynamic batching")
+
+    @staticmethod
+    def numbers(text: str) -> list[int]:
+        """``"2,4,8"`` -> ``[2, 4, 8]``."""
+        return [int(x) for x in text.split(",") if x.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifact", type=Path, default=None,
-                   help="artifact folder (or a root with 'latest'); default: build a smoke one in --work-dir")
-    p.add_argument("--run-dir", type=Path, default=None,
-                   help="training run the artifact came from (naive server); default: the manifest's source")
-    p.add_argument("--dataset", default=None, help="traffic dataset (default: the artifact's)")
-    p.add_argument("--data-dir", default=None, help="data folder (default $SSI_DATA_DIR, else ../shared/data or ./data)")
-    p.add_argument("--build", choices=("untrained", "smoke"), default="untrained",
-                   help="without --artifact: 'untrained' = cpu-preset sizes, initial weights (seconds); "
-                        "'smoke' = training/run_all.py --preset smoke (slow); either is exported and reused")
-    p.add_argument("--build-model", default="hgn", help="model to build when no --artifact is given")
-    p.add_argument("--build-dataset", default="lastfm", help="dataset to build on when no --artifact is given")
-    p.add_argument("--work-dir", type=Path, default=Path("artifacts/bench"),
-                   help="smoke model, locust files and server logs")
-    p.add_argument("--results", type=Path, default=Path("loadtest/results"), help="where the markdown/JSON go")
-    p.add_argument("--servers", default="floor,naive,ours", help="comma list of floor, naive, ours")
-    p.add_argument("--users", default="2,4,8,16,32,64", help="closed-loop user steps")
-    p.add_argument("--step-seconds", type=float, default=8.0, help="seconds per step")
-    p.add_argument("--p99-limit-ms", type=float, default=50.0, help="p99 limit for the max throughput")
-    p.add_argument("--moderate-rate", type=float, default=200.0, help="fixed total req/s of the moderate load")
-    p.add_argument("--moderate-users", type=int, default=20, help="users sharing the moderate rate")
-    p.add_argument("--moderate-seconds", type=float, default=12.0, help="seconds of moderate load")
-    p.add_argument("--breakdown-requests", type=int, default=300, help="sequential requests for the breakdown")
-    p.add_argument("--no-levers", action="store_true", help="skip the levers")
-    p.add_argument("--lever-seconds", type=float, default=8.0, help="seconds per lever")
-    p.add_argument("--lever-users", type=int, default=16,
-                   help="closed-loop users for the levers (enough concurrency for batching to matter)")
-    p.add_argument("--time-budget", type=float, default=500.0,
-                   help="seconds; levers still pending past this are skipped (the whole run stays < 10 min)")
-    p.add_argument("--k", type=int, default=10, help="items per answer")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="our server's SSI_DEVICE (cuda: the ORT CUDA EP + FAISS GPU path, with --p99-limit-ms 10)")
-    p.add_argument("--batch-sweep", default="",
-                   help="comma list of max_batch_size values (e.g. 1,8,32,128): our server stepped through the "
-                        "user counts once per value, in thread mode (the GPU mode), plus the loop mode on CPU; "
-                        "1 = no dynamic batching")
+    add_flags(p, BenchSettings)
+    add_flags(p.add_argument_group("traffic (loadtest.traffic.TrafficConfig)"), TrafficConfig,
+              exclude=("dataset", "rate_per_user"))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parsed = build_parser().parse_args(argv)
+    try:
+        args = from_args(BenchSettings, parsed)
+        traffic = from_args(TrafficConfig, parsed)
+    except ValidationError as e:
+        print(f"error: invalid settings: {describe_error(e)}", file=sys.stderr)
+        return 2
     t_start = time.monotonic()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     stamp = time.strftime("%Y%m%dT%H%M%S")
     work = args.work_dir if args.work_dir.is_absolute() else ROOT / args.work_dir
     raw = work / stamp
     raw.mkdir(parents=True, exist_ok=True)
-    if not os.environ.get("SSI_DATA_DIR") and args.data_dir is None:
-        shared = ROOT.parent / "shared" / "data"
-        if shared.is_dir():
-            os.environ["SSI_DATA_DIR"] = str(shared)
-    if args.data_dir:
-        os.environ["SSI_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    # One data folder for the traffic, the model builds and the servers started here.
+    data_dir = resolve_data_dir(traffic.data_dir).resolve()
+    os.environ["SSI_DATA_DIR"] = str(data_dir)
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", flush=True)
@@ -483,14 +501,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         artifact = resolve_artifact(args.artifact.resolve())
         run_dir = args.run_dir
-    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest = read_manifest(artifact / MANIFEST)
     if run_dir is None:
         src = (manifest.get("source") or {}).get("run_dir")
         run_dir = Path(src) if src and Path(src).is_dir() else None
     dataset = args.dataset or manifest["dataset"]["name"]
     num_items = int(manifest["items"]["count"])
-    traffic = replace(TrafficConfig.from_env(), dataset=dataset, data_dir=os.environ.get("SSI_DATA_DIR"), k=args.k)
-    build_pool(replace(traffic, pool_size=10))  # fail early on a missing dataset
+    traffic = traffic.replace(dataset=dataset, data_dir=str(data_dir))
+    build_pool(traffic.replace(pool_size=10))  # fail early on a missing dataset
     log(f"artifact {artifact} ({manifest['model']['name']}, {num_items} items), run dir {run_dir}, traffic {dataset}")
 
     base_env = {"SSI_ARTIFACT_PATH": str(artifact), "SSI_LOG_LEVEL": "warning", "SSI_DEVICE": args.device}
@@ -503,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours": ServerSpec("ours", f"ours (python -m serving, device {args.device})", [PY, "-m", "serving"], base_env,
                            port_arg=None),
     }
-    users = [int(u) for u in args.users.split(",") if u.strip()]
+    users = args.numbers(args.users)
     results: dict[str, Any] = {"started": started, "servers": [], "notes": notes}
     results["config"] = {
         "cpus": os.cpu_count(), "artifact": str(artifact), "artifact_name": f"{manifest['model']['name']}/"
@@ -540,15 +558,15 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "ours":
                     results["breakdown"] = latency_breakdown(srv, traffic, args.breakdown_requests)
         except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
-            entry["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            entry["error"] = error_line(e)
             log(f"  {name} failed: {e}")
     results["ratios"] = compute_ratios(results["servers"])
 
-    sweep = [int(b) for b in args.batch_sweep.split(",") if b.strip()]
+    sweep = args.numbers(args.batch_sweep)
     if sweep:
         results["sweep"] = run_batch_sweep(specs["ours"], sweep, args.device, traffic, users, args, raw, log)
 
-    if not args.no_levers and "ours" in specs:
+    if args.levers and "ours" in specs:
         lever_users = args.lever_users
         results["levers"] = run_levers(specs, artifact, num_items, traffic, lever_users, args, raw, log,
                                        deadline=t_start + args.time_budget)
@@ -578,21 +596,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _serving_defaults() -> str:
-    """The server's default batching and thread settings, as text (from ``serving.config.Settings``)."""
+def server_batching(url: str) -> str:
+    """A running server's batching settings as text, from its ``GET /model`` (what it really uses)."""
     try:
-        from serving.config import Settings
-
-        f = Settings.model_fields
-        return (f"batching_mode {f['batching_mode'].default} (loop on CPU), "
-                f"max_batch_size {f['max_batch_size'].default}, max_queue_delay {f['max_queue_delay_ms'].default} ms, "
-                f"{f['ort_threads'].default} ORT/FAISS thread")
-    except (ImportError, KeyError):
+        b = json.loads(fetch_text(url + "/model", timeout=5) or "null")["batching"]
+        return (f"batching_mode {b['mode']}, max_batch_size {b['max_batch_size']}, "
+                f"max_queue_delay {b['max_queue_delay_ms']} ms")
+    except (TypeError, KeyError, ValueError):
         return "default settings"
 
 
+def error_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, else its type name (an empty message is fine)."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
 def run_batch_sweep(ours: ServerSpec, sizes: list[int], device: str, traffic: TrafficConfig, users: list[int],
-                    args: argparse.Namespace, raw: Path, log: Any) -> dict[str, Any]:
+                    args: BenchSettings, raw: Path, log: Any) -> dict[str, Any]:
     """Our server once per (batching mode, max_batch_size): max throughput at the p99 limit."""
     modes = ["thread"] if device == "cuda" else ["thread", "loop"]
     rows: list[dict[str, Any]] = []
@@ -610,7 +631,7 @@ def run_batch_sweep(ours: ServerSpec, sizes: list[int], device: str, traffic: Tr
                                              raw / spec.name, log)
                     metrics = _scrape(srv.url)
             except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
-                row["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+                row["error"] = error_line(e)
                 log(f"  {mode} / {size}: failed: {row['error']}")
                 continue
             row["steps"] = [asdict(x) for x in steps]
@@ -621,31 +642,30 @@ def run_batch_sweep(ours: ServerSpec, sizes: list[int], device: str, traffic: Tr
 
 
 def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, traffic: TrafficConfig, users: int,
-               args: argparse.Namespace, raw: Path, log: Any, deadline: float) -> dict[str, Any]:
+               args: BenchSettings, raw: Path, log: Any, deadline: float) -> dict[str, Any]:
     """Each lever: one server variant at a fixed user count; relative to the default of the same series."""
     base_env = dict(specs["ours"].env)
     ours_launcher = [PY, "-m", "loadtest.baselines.ours"]
     floor_sa = [PY, "-m", "loadtest.baselines.floor", "--mode", "standalone", "--num-items", str(num_items)]
 
-    def setting(name: str, variable: str, value: str) -> ServerSpec:
+    def serving_with(name: str, variable: str, value: str) -> ServerSpec:
         """``python -m serving`` with one ``SSI_*`` setting changed."""
         return ServerSpec(f"lever-{name}", "", [PY, "-m", "serving"], {**base_env, variable: value}, None)
 
     # (lever, setting, spec, traffic, reference key): reference key groups a row with its default.
     variants: list[tuple[str, str, ServerSpec, TrafficConfig, str]] = [
-        ("default", f"python -m serving (1 process, uvicorn's default parser/loop, {_serving_defaults()})",
-         specs["ours"], traffic, "ours"),
+        ("default", "python -m serving (1 process, uvicorn's default parser/loop)", specs["ours"], traffic, "ours"),
         ("uvicorn workers", "2 worker processes", ServerSpec("lever-workers2", "", ours_launcher + ["--workers", "2"],
                                                              base_env), traffic, "ours"),
         ("batching mode", "thread (batches on a worker thread, the GPU mode)",
-         setting("thread", "SSI_BATCHING_MODE", "thread"), traffic, "ours"),
+         serving_with("thread", "SSI_BATCHING_MODE", "thread"), traffic, "ours"),
         ("index", "HNSW (M 32, efSearch 64; approximate, recall@10 in /model)",
-         setting("hnsw", "SSI_INDEX", "hnsw"), traffic, "ours"),
+         serving_with("hnsw", "SSI_INDEX", "hnsw"), traffic, "ours"),
         ("batching", "max_queue_delay 0 ms",
-         setting("delay0", "SSI_MAX_QUEUE_DELAY_MS", "0"), traffic, "ours"),
+         serving_with("delay0", "SSI_MAX_QUEUE_DELAY_MS", "0"), traffic, "ours"),
         ("ORT + FAISS threads", "2 threads",
-         setting("threads2", "SSI_ORT_THREADS", "2"), traffic, "ours"),
-        ("response size", "k = 100 (default k = 10)", specs["ours"], replace(traffic, k=100), "ours"),
+         serving_with("threads2", "SSI_ORT_THREADS", "2"), traffic, "ours"),
+        ("response size", f"k = 100 (default k = {traffic.k})", specs["ours"], traffic.replace(k=100), "ours"),
         ("JSON (floor)", "standalone floor, FastAPI response models (default)",
          ServerSpec("lever-floor-model", "", floor_sa + ["--json", "model"]), traffic, "floor-json"),
         ("JSON (floor)", "standalone floor, orjson bytes in/out",
@@ -656,32 +676,34 @@ def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, tra
                                                                ours_launcher + ["--loop", "asyncio"], base_env),
          traffic, "ours"),
         ("batching", "max_batch_size 1 (no batching)",
-         setting("batch1", "SSI_MAX_BATCH_SIZE", "1"), traffic, "ours"),
+         serving_with("batch1", "SSI_MAX_BATCH_SIZE", "1"), traffic, "ours"),
         ("batching", "max_queue_delay 5 ms",
-         setting("delay5", "SSI_MAX_QUEUE_DELAY_MS", "5"), traffic, "ours"),
+         serving_with("delay5", "SSI_MAX_QUEUE_DELAY_MS", "5"), traffic, "ours"),
     ]
     rows: list[dict[str, Any]] = []
     refs: dict[str, float] = {}
     log(f"levers at {users} users")
-    for lever, setting, spec, t, ref in variants:
-        row: dict[str, Any] = {"lever": lever, "setting": setting}
+    for lever, label, spec, t, ref in variants:
+        row: dict[str, Any] = {"lever": lever, "setting": label}
         rows.append(row)
         if time.monotonic() > deadline:
             row["error"] = "skipped (time budget)"
             continue
         try:
             with ManagedServer(spec, raw) as srv:
+                if lever == "default":  # name the defaults the server really runs with
+                    row["setting"] = label = f"{label[:-1]}, {server_batching(srv.url)})"
                 measure(srv, 4, 2, t, raw / f"{spec.name}-lever-warmup")
                 s = measure(srv, users, args.lever_seconds, t, raw / f"{spec.name}-lever-{len(rows)}")
         except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
-            row["error"] = str(e).splitlines()[0]
-            log(f"  {lever} / {setting}: failed: {row['error']}")
+            row["error"] = error_line(e)
+            log(f"  {lever} / {label}: failed: {row['error']}")
             continue
         row.update(asdict(s))
         if ref not in refs:
             refs[ref] = s.rps
         row["relative"] = s.rps / refs[ref] if refs[ref] else math.nan
-        log(f"  {lever} / {setting}: {s.rps:.0f} req/s, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, "
+        log(f"  {lever} / {label}: {s.rps:.0f} req/s, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, "
             f"fail {s.failures}, server CPU {s.server_cpu:.2f}")
     return {"users": users, "rows": rows}
 

@@ -4,7 +4,7 @@
 #   make venv && bash loadtest/gpu_check.sh [OUT]      # OUT defaults to artifacts/gpu-check/<time>
 #
 # `make venv` installs the `gpu` extra when nvidia-smi sees a GPU; PYTHON=... points at another interpreter
-# (SSI_DATA_DIR must hold lastfm.txt). Steps, each one logged into OUT, the next one run even when one fails:
+# (the data folder must hold LastFM.txt: $SSI_DATA_DIR, else ./data, else ../shared/data). Steps, each one logged into OUT, the next one run even when one fails:
 #   1. the GPU and what the CUDA-capable packages see (ORT providers, FAISS GPUs, torch);
 #   2. the GPU tests (pytest -m gpu);
 #   3. a smoke reproduction on CUDA (LastFM: HGN, the three teachers, SSI-HGN), exported for serving;

@@ -2,7 +2,7 @@
 
 Run it through ``python -m loadtest.run`` (bounded, loopback only, with a summary), or directly::
 
-    SSI_LOADTEST_DATASET=lastfm SSI_DATA_DIR=../shared/data \\
+    SSI_LOADTEST_DATASET=lastfm \\
         locust -f loadtest/locustfile.py --headless -u 20 -r 20 -t 30s --host http://127.0.0.1:8000
 
 Traffic (see ``loadtest.traffic.TrafficConfig``, all from ``SSI_LOADTEST_*`` environment variables):
@@ -27,7 +27,7 @@ from locust import FastHttpUser, constant, constant_throughput, events, task
 
 from loadtest.traffic import PreparedRequest, TrafficConfig, build_pool, check_response
 
-CONFIG = TrafficConfig.from_env()
+CONFIG = TrafficConfig()  # from SSI_LOADTEST_* (written by loadtest.run / bench), else the defaults
 POOL: list[PreparedRequest] = []
 HEADERS = {"content-type": "application/json", "accept": "application/json"}
 

@@ -21,9 +21,11 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError
 
 from loadtest.report import (
     LocustStats,
@@ -37,6 +39,7 @@ from loadtest.report import (
     summarise_resources,
     wait_ready,
 )
+from loadtest.settings import LoadtestSettings, add_flags, describe_error, from_args
 from loadtest.traffic import TrafficConfig
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -101,82 +104,72 @@ def server_dataset(url: str) -> tuple[str | None, int | None]:
         return None, None
 
 
+class RunSettings(LoadtestSettings):
+    """``python -m loadtest.run``: every field is ``SSI_LOADTEST_<FIELD>`` and a ``--kebab-case`` flag; the
+    traffic fields (``loadtest.traffic.TrafficConfig``) come beside them."""
+
+    url: str = Field("http://127.0.0.1:8000", description="server base URL (loopback only)")
+    duration: float | None = Field(None, gt=0, le=MAX_DURATION_S,
+                                   description=f"seconds (none: 60; soak {SOAK_DURATION_S})")
+    users: int | None = Field(None, ge=1, le=MAX_USERS, description=f"simulated users (none: 20; soak {SOAK_USERS})")
+    spawn_rate: float | None = Field(None, gt=0, description="users started per second (none: all at once)")
+    rate: float | None = Field(None, ge=0, le=MAX_RATE, description="fixed total request rate in req/s "
+                               f"(none: closed loop, as fast as possible; soak {SOAK_RATE:.0f})")
+    soak: bool = Field(False, description="soak mode: 10 minutes at a fixed rate; pass = zero failures and flat RSS")
+    rss_slope_limit: float = Field(
+        16.0, gt=0, description="soak: largest RSS slope (MiB/hour, fitted after the first 20% of the run) that "
+        "counts as flat")
+    out: Path | None = Field(None, description="output folder (none: artifacts/loadtest/<time>)")
+    server_pid: int | None = Field(
+        None, description="server PID for /proc CPU/RSS (none: found from the listening port, else /metrics)")
+    sample_interval: float | None = Field(None, gt=0, description="resource sampling period in s (none: 1; soak 5)")
+    wait_ready: float = Field(30.0, ge=0, description="seconds to wait for the readiness path before starting")
+    ready_path: str = Field("/health/ready", description="readiness path polled before the run")
+    verbose: bool = Field(False, description="show locust's own output")
+    dataset: str | None = Field(
+        None, description="dataset whose test histories make the requests (none: the one the server's model was "
+        f"trained on, from GET /model; else {TrafficConfig.model_fields['dataset'].default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtest.run",
         description="Bounded headless locust run against a loopback recommender server, with a summary "
                     "(RPS, p50/p95/p99/p99.9, failures, server CPU and RSS). Soak mode: fixed rate, "
-                    "pass = zero failures and flat RSS.",
+                    "pass = zero failures and flat RSS. Every flag can also be set as SSI_LOADTEST_<FLAG>.",
     )
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (loopback only)")
-    p.add_argument("--duration", type=float, default=None,
-                   help=f"seconds (default 60; soak {SOAK_DURATION_S}; at most {MAX_DURATION_S})")
-    p.add_argument("--users", type=int, default=None,
-                   help=f"simulated users (default 20; soak {SOAK_USERS}; at most {MAX_USERS})")
-    p.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
-    p.add_argument("--rate", type=float, default=None,
-                   help=f"fixed total request rate in req/s (default: closed loop, as fast as possible; soak {SOAK_RATE})")
-    p.add_argument("--soak", action="store_true",
-                   help="soak mode: 10 minutes at a fixed rate; pass = zero failures and flat RSS")
-    p.add_argument("--rss-slope-limit", type=float, default=16.0,
-                   help="soak: largest RSS slope (MiB/hour, fitted after the first 20%% of the run) that counts as flat")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default artifacts/loadtest/<time>)")
-    p.add_argument("--server-pid", type=int, default=None,
-                   help="server PID for /proc CPU/RSS (default: found from the listening port, else /metrics)")
-    p.add_argument("--sample-interval", type=float, default=None, help="resource sampling period in s (default 1; soak 5)")
-    p.add_argument("--wait-ready", type=float, default=30.0, help="seconds to wait for /health/ready before starting")
-    p.add_argument("--ready-path", default="/health/ready", help="readiness path polled before the run")
-    p.add_argument("--verbose", action="store_true", help="show locust's own output")
-    g = p.add_argument_group("traffic (defaults from SSI_LOADTEST_* env vars, else loadtest.traffic.TrafficConfig)")
-    base = TrafficConfig.from_env()
-    g.add_argument("--dataset", default=os.environ.get("SSI_LOADTEST_DATASET"),
-                   help="dataset whose test histories make the requests (default: the one the server's model "
-                        f"was trained on, from GET /model; else {base.dataset})")
-    g.add_argument("--data-dir", default=base.data_dir, help="data folder (default $SSI_DATA_DIR, else ./data)")
-    g.add_argument("--k", type=int, default=base.k, help="items per answer")
-    g.add_argument("--anonymous-share", type=float, default=base.anonymous_share, help="share without user_id")
-    g.add_argument("--exclude-seen-share", type=float, default=base.exclude_seen_share, help="share with exclude_seen")
-    g.add_argument("--candidates-share", type=float, default=base.candidates_share, help="share with a candidate list")
-    g.add_argument("--batch-share", type=float, default=base.batch_share, help="share sent to /recommend/batch")
-    g.add_argument("--batch-size", type=int, default=base.batch_size, help="requests per batch call")
-    g.add_argument("--max-history", type=int, default=base.max_history, help="longest history sent")
-    g.add_argument("--check", choices=("full", "shape"), default=base.check, help="answer checks")
-    g.add_argument("--seed", type=int, default=base.seed, help="seed of the request pool")
+    add_flags(p, RunSettings)
+    # --dataset is RunSettings'; the request rate per user follows from --rate and --users.
+    add_flags(p.add_argument_group("traffic (loadtest.traffic.TrafficConfig)"), TrafficConfig,
+              exclude=("dataset", "rate_per_user"))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        url = require_loopback(args.url)
+        settings = from_args(RunSettings, args)
+        url = require_loopback(settings.url)
+        duration = settings.duration if settings.duration is not None else (SOAK_DURATION_S if settings.soak else 60.0)
+        users = settings.users if settings.users is not None else (SOAK_USERS if settings.soak else 20)
+        rate = settings.rate if settings.rate is not None else (SOAK_RATE if settings.soak else 0.0)
+        traffic = from_args(TrafficConfig, args, rate_per_user=rate / users if rate > 0 else 0.0)
+    except ValidationError as e:
+        print(f"error: invalid settings: {describe_error(e)}", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    duration = args.duration if args.duration is not None else (SOAK_DURATION_S if args.soak else 60.0)
-    users = args.users if args.users is not None else (SOAK_USERS if args.soak else 20)
-    rate = args.rate if args.rate is not None else (SOAK_RATE if args.soak else 0.0)
-    interval = args.sample_interval or (5.0 if args.soak else 1.0)
-    if not 0 < duration <= MAX_DURATION_S or not 1 <= users <= MAX_USERS or not 0 <= rate <= MAX_RATE:
-        print(f"error: need 0 < duration <= {MAX_DURATION_S}, 1 <= users <= {MAX_USERS}, 0 <= rate <= {MAX_RATE}",
+    interval = settings.sample_interval or (5.0 if settings.soak else 1.0)
+    if not wait_ready(url, settings.wait_ready, settings.ready_path):
+        print(f"error: {url}{settings.ready_path} did not answer 200 within {settings.wait_ready:.0f} s",
               file=sys.stderr)
         return 2
-    if not wait_ready(url, args.wait_ready, args.ready_path):
-        print(f"error: {url}{args.ready_path} did not answer 200 within {args.wait_ready:.0f} s", file=sys.stderr)
-        return 2
     served_name, served_items = server_dataset(url)
-    dataset = args.dataset or served_name or TrafficConfig().dataset
-    try:
-        traffic = replace(
-            TrafficConfig.from_env(), dataset=dataset, data_dir=args.data_dir, k=args.k,
-            anonymous_share=args.anonymous_share, exclude_seen_share=args.exclude_seen_share,
-            candidates_share=args.candidates_share, batch_share=args.batch_share, batch_size=args.batch_size,
-            max_history=args.max_history, check=args.check, seed=args.seed,
-            rate_per_user=rate / users if rate > 0 else 0.0,
-        )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = args.out or Path("artifacts/loadtest") / time.strftime("%Y%m%dT%H%M%S")
+    dataset = settings.dataset or served_name
+    if dataset:  # else TrafficConfig's own (SSI_LOADTEST_DATASET, else lastfm)
+        traffic = traffic.replace(dataset=dataset)
+    out = settings.out or Path("artifacts/loadtest") / time.strftime("%Y%m%dT%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     if served_items is not None:
         try:
@@ -190,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: the server's model has {served_items} items but dataset {traffic.dataset!r} has {n}; "
                   "answers will be checked against the dataset's ids", file=sys.stderr)
     port = urlsplit(url).port or (443 if url.startswith("https") else 80)
-    pids = [args.server_pid] if args.server_pid else find_listening_pids(port)
+    pids = [settings.server_pid] if settings.server_pid else find_listening_pids(port)
     sampler = ResourceSampler(pids or None, url + "/metrics", interval=interval).start()
     t0 = time.monotonic()
     try:
         stats = run_locust(url, users, duration, traffic, out / "locust", html=out / "report.html",
-                           spawn_rate=args.spawn_rate, quiet=not args.verbose)
+                           spawn_rate=settings.spawn_rate, quiet=not settings.verbose)
     except (subprocess.TimeoutExpired, FileNotFoundError, ValueError, RuntimeError) as e:
         sampler.stop()
         print(f"error: locust run failed: {e}", file=sys.stderr)
@@ -208,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         fh.writelines(f"{s.t:.2f},{s.rss_bytes:.0f},{s.cpu_seconds:.3f}\n" for s in samples)
     res = summarise_resources(samples, sampler.source)
     agg = stats["Aggregated"]
-    extra: dict[str, str] = {"mode": "soak" if args.soak else ("fixed rate" if rate else "closed loop")}
+    extra: dict[str, str] = {"mode": "soak" if settings.soak else ("fixed rate" if rate else "closed loop")}
     if rate:
         extra["target rate"] = f"{rate:.0f} req/s (achieved {agg.rps:.1f})"
     extra["traffic"] = (f"{traffic.dataset}/{traffic.split}, k={traffic.k}, anonymous {traffic.anonymous_share:.0%}, "
@@ -216,19 +209,19 @@ def main(argv: list[str] | None = None) -> int:
                         f"batch {traffic.batch_share:.0%} x{traffic.batch_size}")
     ok = agg.failures == 0 and agg.requests > 0
     verdict = None
-    if args.soak:
-        flat = res is not None and abs(res.rss_slope_mib_per_hour) <= args.rss_slope_limit
+    if settings.soak:
+        flat = res is not None and abs(res.rss_slope_mib_per_hour) <= settings.rss_slope_limit
         ok = ok and flat
         slope_txt = f"{res.rss_slope_mib_per_hour:+.1f}" if res else "n/a"
         verdict = (f"SOAK {'PASS' if ok else 'FAIL'}: failures {agg.failures} (need 0), RSS slope {slope_txt} MiB/h "
-                   f"(need |slope| <= {args.rss_slope_limit})")
+                   f"(need |slope| <= {settings.rss_slope_limit})")
     extra["wall time"] = f"{wall:.0f} s (locust start and stop included)"
     text = format_summary(url, duration, users, stats, res, read_locust_failures(out / "locust"), extra, verdict)
     (out / "summary.txt").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps({
-        "url": url, "duration_s": wall, "users": users, "rate": rate, "soak": args.soak, "pass": ok,
+        "url": url, "duration_s": wall, "users": users, "rate": rate, "soak": settings.soak, "pass": ok,
         "stats": {k: asdict(v) for k, v in stats.items()},
-        "resources": asdict(res) if res else None, "traffic": asdict(traffic),
+        "resources": asdict(res) if res else None, "traffic": traffic.model_dump(),
     }, indent=2, default=str))
     print(text)
     print(f"  files: {out}/ (report.html, locust_stats.csv, summary.txt, resources.csv)")

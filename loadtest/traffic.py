@@ -11,96 +11,52 @@ JSON encoding), and each prepared request carries what a correct answer must loo
 response is checked: status, shape, types, ``k`` items (or fewer only when fewer exist), ids in range, no
 duplicates, scores sorted, seen items absent when excluded, items within the candidates when given.
 
-Configuration comes from environment variables (so that locust's worker processes see it), see
-:meth:`TrafficConfig.from_env`.
+Configuration is ``TrafficConfig``, read from ``SSI_LOADTEST_*`` environment variables (so that locust's
+worker processes see it; ``TrafficConfig.to_env`` writes them) and, in the commands, from flags.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import math
-import os
 import random
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-ENV_PREFIX = "SSI_LOADTEST_"
+from pydantic import Field
+
+from loadtest.settings import ENV_PREFIX, LoadtestSettings  # noqa: F401 - ENV_PREFIX re-exported
+
 RECOMMEND_PATH = "/recommend"
 BATCH_PATH = "/recommend/batch"
 
 
-@dataclass(frozen=True)
-class TrafficConfig:
-    """What the traffic looks like. Every field maps to ``SSI_LOADTEST_<FIELD>`` (data_dir: ``SSI_DATA_DIR``)."""
+class TrafficConfig(LoadtestSettings):
+    """What the traffic looks like. Every field is read from ``SSI_LOADTEST_<FIELD>`` and, in
+    ``python -m loadtest.run`` / ``loadtest.bench``, from a ``--kebab-case`` flag (``loadtest.settings``)."""
 
-    dataset: str = "lastfm"
-    data_dir: str | None = None
-    split: str = "test"
-    k: int = 10
-    anonymous_share: float = 0.3
-    exclude_seen_share: float = 0.5
-    candidates_share: float = 0.1
-    batch_share: float = 0.05
-    #: Share of cold-start requests (empty history: the popularity fallback answers).
-    cold_share: float = 0.02
-    #: Share of requests carrying one unknown item id with ``unknown_items="ignore"``.
-    unknown_share: float = 0.02
-    batch_size: int = 8
-    num_candidates: int = 100
-    max_history: int = 200
-    pool_size: int = 2000
-    seed: int = 0
-    #: Requests per second per simulated user (locust ``constant_throughput``); 0 = as fast as possible.
-    rate_per_user: float = 0.0
-    #: ``full``: all checks; ``shape``: status and shape only (types, lengths, sortedness).
-    check: str = "full"
-
-    def __post_init__(self) -> None:
-        for name in ("anonymous_share", "exclude_seen_share", "candidates_share", "batch_share", "cold_share",
-                     "unknown_share"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.batch_size < 1 or self.num_candidates < 1 or self.max_history < 1 or self.pool_size < 1:
-            raise ValueError("batch_size, num_candidates, max_history and pool_size must be >= 1")
-        if self.check not in ("full", "shape"):
-            raise ValueError(f"check must be 'full' or 'shape', got {self.check!r}")
-        if self.rate_per_user < 0:
-            raise ValueError(f"rate_per_user must be >= 0, got {self.rate_per_user}")
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> TrafficConfig:
-        """Read ``SSI_LOADTEST_*`` (and ``SSI_DATA_DIR``) from ``env`` (default ``os.environ``)."""
-        env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {}
-        for f in fields(cls):
-            key = "SSI_DATA_DIR" if f.name == "data_dir" else ENV_PREFIX + f.name.upper()
-            if key not in env or env[key] == "":
-                continue
-            raw = env[key]
-            default = f.default
-            if isinstance(default, bool):
-                kwargs[f.name] = raw.lower() in ("1", "true", "yes")
-            elif isinstance(default, int):
-                kwargs[f.name] = int(raw)
-            elif isinstance(default, float):
-                kwargs[f.name] = float(raw)
-            else:
-                kwargs[f.name] = raw
-        return cls(**kwargs)
-
-    def to_env(self) -> dict[str, str]:
-        """The environment variables that make :meth:`from_env` return this config."""
-        out: dict[str, str] = {}
-        for name, value in asdict(self).items():
-            if value is None:
-                continue
-            key = "SSI_DATA_DIR" if name == "data_dir" else ENV_PREFIX + name.upper()
-            out[key] = str(value)
-        return out
+    dataset: str = Field("lastfm", description="dataset whose test histories make the requests")
+    data_dir: str | None = Field(
+        None, description="data folder (none: protocol.data.resolve_data_dir, i.e. $SSI_DATA_DIR, ./data, ...)")
+    split: Literal["valid", "test"] = Field("test", description="which inputs of the leave-one-out split")
+    k: int = Field(10, ge=1, description="items per answer")
+    anonymous_share: float = Field(0.3, ge=0.0, le=1.0, description="share of requests without user_id")
+    exclude_seen_share: float = Field(0.5, ge=0.0, le=1.0, description="share of requests with exclude_seen")
+    candidates_share: float = Field(0.1, ge=0.0, le=1.0, description="share of requests with a candidate list")
+    batch_share: float = Field(0.05, ge=0.0, le=1.0, description="share of calls to /recommend/batch")
+    cold_share: float = Field(0.02, ge=0.0, le=1.0,
+                              description="share of cold-start requests (empty history: the popularity fallback)")
+    unknown_share: float = Field(0.02, ge=0.0, le=1.0,
+                                 description="share of requests with one unknown item id and unknown_items=ignore")
+    batch_size: int = Field(8, ge=1, description="requests per batch call")
+    num_candidates: int = Field(100, ge=1, description="candidates per candidate-list request")
+    max_history: int = Field(200, ge=1, description="longest history sent")
+    pool_size: int = Field(2000, ge=1, description="prepared requests (drawn at random for every call)")
+    seed: int = Field(0, description="seed of the request pool")
+    rate_per_user: float = Field(
+        0.0, ge=0.0, description="requests per second per simulated user (locust constant_throughput); 0 = closed loop")
+    check: Literal["full", "shape"] = Field(
+        "full", description="answer checks: full, or shape = status, types, lengths and sortedness only")
 
 
 @dataclass(frozen=True)

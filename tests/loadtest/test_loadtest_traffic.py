@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
@@ -35,13 +36,21 @@ def _good(exp: Expectation) -> dict:
     return out
 
 
-def test_config_env_round_trip() -> None:
+def test_config_env_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("SSI_LOADTEST_")]:
+        monkeypatch.delenv(key)
+    default = TrafficConfig()
     cfg = TrafficConfig(dataset="beauty", data_dir="/d", k=20, anonymous_share=0.1, batch_share=0.0,
                         rate_per_user=2.5, check="shape", seed=7)
     env = cfg.to_env()
-    assert env["SSI_DATA_DIR"] == "/d" and env["SSI_LOADTEST_K"] == "20"
-    assert TrafficConfig.from_env(env) == cfg
-    assert TrafficConfig.from_env({}) == TrafficConfig()
+    assert env["SSI_LOADTEST_DATA_DIR"] == "/d" and env["SSI_LOADTEST_K"] == "20"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert TrafficConfig() == cfg  # what a locust worker process reads
+    assert TrafficConfig(k=3).k == 3  # an argument beats the environment
+    assert cfg.replace(k=5) == TrafficConfig(**{**cfg.model_dump(), "k": 5})
+    monkeypatch.setenv("SSI_LOADTEST_K", "")  # empty = unset
+    assert TrafficConfig().k == default.k
 
 
 @pytest.mark.parametrize("bad", [{"anonymous_share": 1.5}, {"k": 0}, {"check": "nope"}, {"rate_per_user": -1},
