@@ -69,10 +69,11 @@ from protocol import (
     pad_left,
     train_sequences,
 )
+from training.imitation import ImitationConfig
 from training.io import atomic_write_json, read_json
 from training.runs import RunError, is_finished, load_run_model
 from training.scoring import ContractScorer
-from training.teacher_cache import TeacherProbCache, kl_from_cached
+from training.teacher_cache import TeacherProbCache
 from training.trainer import TrainConfig, TrainTask, fit, resolve_device
 
 log = logging.getLogger("ssi.students")
@@ -83,44 +84,18 @@ Preset = Literal["smoke", "cpu", "paper"]
 STUDENTS: tuple[str, ...] = ("hgn", "gru4rec")
 
 
-@dataclass
-class ImitationConfig:
-    """Switches and knobs of self-supervised imitation (the ablations run from these alone)."""
-
-    use_kl: bool = True  # prediction imitation
-    use_mse: bool = True  # item-representation imitation
-    temperature: float = 1.0  # of both distributions in the KL
-    lambda_init: float = 1.0
-    lambda_param: Literal["softplus", "exp"] = "softplus"
-    always_project: bool = False  # a learned projection even when the student and teacher dims agree
-    cache_teacher: bool = True  # teacher queries computed once (teachers are frozen and deterministic)
-    cache_probs: bool = False  # teacher distributions precomputed once, float16 files (teacher_cache.py)
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.lambda_init <= 0:
-            raise ValueError(f"lambda_init must be > 0, got {self.lambda_init}")
-        if self.cache_probs and not self.cache_teacher:
-            raise ValueError("cache_probs needs cache_teacher (the distributions are built from the cached queries)")
-
-    @property
-    def active(self) -> bool:
-        return self.use_kl or self.use_mse
-
-
 # ---- loss terms ---------------------------------------------------------------------------------
 class LambdaWeights(nn.Module):
     """Learnable positive teacher weights ``lambda_i = floor + f(raw_i)``, f = softplus or exp, and their
     regulariser (SSI eq. 8). The small floor keeps ``1/lambda`` finite where f underflows in float32."""
 
     def __init__(self, names: list[str], init: float = 1.0, param: Literal["softplus", "exp"] = "softplus",
-                 floor: float = 1e-4):
+                 floor: float = 1e-4, learn: bool = True):
         super().__init__()
         if param not in ("softplus", "exp"):
             raise ValueError(f"unknown lambda parametrisation {param!r}; expected 'softplus' or 'exp'")
-        self.names, self.param, self.floor = list(names), param, floor
-        self.raw = nn.Parameter(self.inverse(torch.full((len(names),), float(init))))
+        self.names, self.param, self.floor, self.learn = list(names), param, floor, learn
+        self.raw = nn.Parameter(self.inverse(torch.full((len(names),), float(init))), requires_grad=learn)
 
     def inverse(self, lam: torch.Tensor) -> torch.Tensor:
         """The raw values that give the weights ``lam`` (> floor)."""
@@ -133,7 +108,9 @@ class LambdaWeights(nn.Module):
         return f + self.floor
 
     def regulariser(self) -> torch.Tensor:
-        """``sum 1/lambda + (sum 1/lambda)^2``; keeps the weights from collapsing to 0."""
+        """``sum 1/lambda + (sum 1/lambda)^2``; keeps the weights from collapsing to 0 (0 when fixed)."""
+        if not self.learn:
+            return torch.zeros((), device=self.raw.device)
         inv = (1.0 / self()).sum()
         return inv + inv * inv
 
@@ -150,6 +127,30 @@ def kl_from_log_probs(student_log_probs: torch.Tensor, teacher_logits: torch.Ten
     """``kl_imitation`` with the student's log-softmax at ``temperature`` computed once for all teachers."""
     log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
     return F.kl_div(student_log_probs, log_p_t, log_target=True, reduction="batchmean") * temperature**2
+
+
+def kl_rows(student_log_probs: torch.Tensor, probs: torch.Tensor, negent: torch.Tensor | None = None) -> torch.Tensor:
+    """(M,) ``KL(p_m || q_m)`` from teacher probabilities ``p`` (M, N) and the student's log-probabilities
+    (M, N); ``negent`` (M,) = ``sum_j p log p`` when known (cached), else computed."""
+    if negent is None:
+        negent = torch.xlogy(probs, probs).sum(dim=1)
+    return negent - (probs * student_log_probs).sum(dim=1)
+
+
+def top_k_kl_rows(student_log_probs: torch.Tensor, probs: torch.Tensor, k: int) -> torch.Tensor:
+    """(M,) KL over the teacher's top ``k`` items, both distributions renormalised on them."""
+    p, idx = probs.topk(min(k, probs.shape[1]), dim=1)  # (M, k)
+    p = p / p.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    return kl_rows(F.log_softmax(student_log_probs.gather(1, idx), dim=1), p)
+
+
+def teacher_ranks_higher(probs: torch.Tensor, student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(M,) bool: the teacher ranks item ``target`` (M,) strictly above where the student ranks it
+    (rank = items scored higher; ties count against the target, as in the protocol)."""
+    col = (target - 1).clamp_min(0)[:, None]  # (M, 1) column of the target
+    t_rank = (probs >= probs.gather(1, col)).sum(dim=1)  # (M,) 1 = best
+    s_rank = (student_logits.detach() >= student_logits.detach().gather(1, col)).sum(dim=1)
+    return t_rank < s_rank
 
 
 def mse_imitation(student_items: torch.Tensor, teacher_items: torch.Tensor, projection: nn.Module) -> torch.Tensor:
@@ -335,7 +336,8 @@ class StudentTask(TrainTask):
         self.num_items = ds.num_items
         self.examples = build_examples(model, ds)
         self.teachers = dict(teachers) if imitation.active else {}  # plain dict: not submodules
-        self.lambdas = LambdaWeights(list(self.teachers), imitation.lambda_init, imitation.lambda_param)
+        names = ["mean"] if imitation.target == "mean" and self.teachers else list(self.teachers)
+        self.lambdas = LambdaWeights(names, imitation.lambda_init, imitation.lambda_param, learn=imitation.learn_lambda)
         d_s = int(model.output_items().shape[1])
         self.projections = nn.ModuleDict({  # student output table (N, d_s) -> teacher space (N, d_t)
             n: nn.Linear(d_s, t.dim, bias=False) if imitation.always_project or d_s != t.dim else nn.Identity()
@@ -449,27 +451,43 @@ class StudentTask(TrainTask):
         terms: dict[str, torch.Tensor] = {"student": self.student_loss(q, items, targets, logits)}
         loss = terms["student"]
         if self.teachers:
-            lam = self.lambdas()  # (K,)
-            student_table = self.model.output_items()
-            tau = self.imitation.temperature
-            log_p_s = F.log_softmax(logits / tau, dim=-1) if self.imitation.use_kl else None  # (M, N)
-            for i, (name, t) in enumerate(self.teachers.items()):
-                imit = torch.zeros((), device=q.device)
-                if self.imitation.use_kl:
-                    if t.probs is not None:
-                        probs, negent = t.probs.rows(example, q.device)
-                        terms[f"kl_{name}"] = kl_from_cached(log_p_s, probs, negent, tau)
-                    else:
-                        terms[f"kl_{name}"] = kl_from_log_probs(log_p_s, self.teacher_logits(t, example), tau)
-                    imit = imit + terms[f"kl_{name}"]
-                if self.imitation.use_mse:
-                    terms[f"mse_{name}"] = mse_imitation(student_table, t.item_table(), self.projections[name])
-                    imit = imit + terms[f"mse_{name}"]
-                loss = loss + lam[i] * imit
-            terms["lambda_reg"] = self.lambdas.regulariser()
-            loss = loss + terms["lambda_reg"]
+            loss = loss + self.imitation_loss(logits, targets, example, terms)
         terms["loss"] = loss
         return terms
+
+    def teacher_probs(self, teacher: FrozenTeacher, example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(M, N) the teacher's distribution at ``tau`` for the examples, and (M,) ``sum p log p`` when cached."""
+        if teacher.probs is not None:
+            return teacher.probs.rows(example, example.device)
+        return F.softmax(self.teacher_logits(teacher, example).detach() / self.imitation.temperature, dim=-1), None
+
+    def imitation_loss(self, logits: torch.Tensor | None, targets: torch.Tensor, example: torch.Tensor,
+                       terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``sum_i lambda_i (KL_i + MSE_i) + reg`` (eq. 5-8), with the options of ``ImitationConfig``;
+        the terms are added to ``terms`` for the history."""
+        cfg, tau = self.imitation, self.imitation.temperature
+        lam = dict(zip(self.lambdas.names, self.lambdas()))  # name -> lambda
+        imit: dict[str, torch.Tensor] = {}
+        if cfg.use_mse:
+            table = self.model.output_items()  # (N, d_s)
+            mse = {n: mse_imitation(table, t.item_table(), self.projections[n]) for n, t in self.teachers.items()}
+            terms |= {f"mse_{n}": v for n, v in mse.items()}
+            imit = {"mean": torch.stack(list(mse.values())).mean()} if cfg.target == "mean" else mse
+        if cfg.use_kl:
+            log_q = F.log_softmax(logits / tau, dim=-1)  # (M, N)
+            probs = {n: self.teacher_probs(t, example) for n, t in self.teachers.items()}
+            if cfg.target == "mean":
+                probs = {"mean": (torch.stack([p for p, _ in probs.values()]).mean(dim=0), None)}
+            for n, (p, negent) in probs.items():
+                rows = top_k_kl_rows(log_q, p, cfg.top_k) if cfg.top_k else kl_rows(log_q, p, negent)  # (M,)
+                if cfg.gate:
+                    keep = teacher_ranks_higher(p, logits, targets[:, 0])  # (M,)
+                    terms[f"gate_{n}"] = keep.float().mean()
+                    rows = rows[keep]
+                terms[f"kl_{n}"] = rows.mean() * tau**2 if len(rows) else log_q.new_zeros(())
+                imit[n] = imit.get(n, 0.0) + terms[f"kl_{n}"]
+        terms["lambda_reg"] = self.lambdas.regulariser()
+        return sum(lam[n] * v for n, v in imit.items()) + terms["lambda_reg"]
 
     def epoch_log(self) -> dict[str, float]:
         out = {**self.lambdas.as_dict(), **self._log_extra}

@@ -1,0 +1,106 @@
+"""The imitation options of ``ImitationConfig`` beyond the paper's loss: each changes exactly its part."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.students import (
+    FrozenTeacher,
+    ImitationConfig,
+    StudentTask,
+    build_student,
+    kl_imitation,
+    kl_rows,
+    teacher_ranks_higher,
+    top_k_kl_rows,
+)
+
+
+def make_task(ds, teacher_dirs, imitation: ImitationConfig, loss: str = "ce") -> StudentTask:
+    torch.manual_seed(0)
+    model = build_student("hgn", ds, "smoke")
+    teachers = {n: FrozenTeacher.load(n, d, ds) for n, d in teacher_dirs.items()}
+    task = StudentTask(model, ds, teachers, imitation, loss, batch_size=16)
+    task.on_epoch_start(1)
+    return task
+
+
+def first_batch(task: StudentTask) -> dict[str, torch.Tensor]:
+    return next(task.batches(1, np.random.default_rng(0), 0, 1))
+
+
+def test_kl_rows_is_the_papers_kl() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 40), torch.randn(5, 40) * 3
+    rows = kl_rows(F.log_softmax(s, 1), F.softmax(t, 1))
+    torch.testing.assert_close(rows.mean(), kl_imitation(s, t))
+    cached = (F.softmax(t, 1) * F.log_softmax(t, 1)).sum(1)
+    torch.testing.assert_close(kl_rows(F.log_softmax(s, 1), F.softmax(t, 1), cached), rows)
+
+
+def test_top_k_kl_covers_only_the_teachers_top_items() -> None:
+    torch.manual_seed(0)
+    s = torch.randn(4, 30, requires_grad=True)
+    p = F.softmax(torch.randn(4, 30) * 2, 1)
+    log_q = F.log_softmax(s, 1)
+    torch.testing.assert_close(top_k_kl_rows(log_q, p, 30), kl_rows(log_q, p))  # k = N: the full KL
+    top_k_kl_rows(log_q, p, 5).sum().backward()
+    top = torch.zeros_like(p, dtype=torch.bool).scatter_(1, p.topk(5, 1).indices, True)
+    assert s.grad[~top].abs().max() < 1e-6 < s.grad[top].abs().max()  # only the top items move
+
+
+def test_gate_compares_the_targets_rank_under_teacher_and_student() -> None:
+    probs = torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5]])
+    student = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
+    target = torch.tensor([2, 1, 3])  # item ids (column + 1)
+    # row 0: teacher rank 1, student rank 3 -> imitate; row 1: 1 vs 3 -> imitate; row 2: 1 vs 1 -> not
+    assert teacher_ranks_higher(probs, student, target).tolist() == [True, True, False]
+
+
+def test_mean_target_is_one_kl_to_the_averaged_distribution(student_ds, teacher_dirs) -> None:
+    task = make_task(student_ds, teacher_dirs, ImitationConfig(target="mean"))
+    assert task.lambdas.names == ["mean"]
+    task.model.eval()  # no dropout: the student's queries are recomputed below
+    batch = first_batch(task)
+    terms = task(batch)
+    assert "kl_mean" in terms and not any(k in terms for k in ("kl_temporal", "kl_persona"))
+    q, targets, example = task.queries(batch)
+    log_q = F.log_softmax(q @ task.model.item_vectors().T, 1)
+    p = torch.stack([task.teacher_probs(t, example)[0] for t in task.teachers.values()]).mean(0)
+    torch.testing.assert_close(terms["kl_mean"], kl_rows(log_q, p).mean())
+    lam = task.lambdas()[0]
+    mse = torch.stack([terms[f"mse_{n}"] for n in task.teachers]).mean()
+    inv = 1 / lam
+    torch.testing.assert_close(terms["loss"], terms["student"] + lam * (terms["kl_mean"] + mse) + inv + inv**2)
+
+
+def test_fixed_lambda_has_no_regulariser_and_no_gradient(student_ds, teacher_dirs) -> None:
+    task = make_task(student_ds, teacher_dirs, ImitationConfig(learn_lambda=False, lambda_init=0.5))
+    terms = task(first_batch(task))
+    assert float(terms["lambda_reg"]) == 0.0
+    torch.testing.assert_close(task.lambdas(), torch.full((3,), 0.5), atol=1e-4, rtol=0)
+    terms["loss"].backward()
+    assert task.lambdas.raw.grad is None and not task.lambdas.raw.requires_grad
+
+
+def test_gate_drops_rows_and_logs_the_share(student_ds, teacher_dirs) -> None:
+    task = make_task(student_ds, teacher_dirs, ImitationConfig(gate=True, use_mse=False))
+    terms = task(first_batch(task))
+    for n in task.teachers:
+        assert 0.0 <= float(terms[f"gate_{n}"]) <= 1.0 and torch.isfinite(terms[f"kl_{n}"])
+
+
+@pytest.mark.parametrize("change", [{"temperature": 0}, {"target": "median"}, {"top_k": 1}, {"lambda_init": 0}])
+def test_bad_options_are_refused(change: dict) -> None:
+    with pytest.raises(ValueError):
+        ImitationConfig(**change)
+
+
+def test_is_papers_names_only_the_papers_loss() -> None:
+    assert ImitationConfig().is_papers and ImitationConfig(use_kl=False).is_papers
+    for change in ({"temperature": 2.0}, {"target": "mean"}, {"top_k": 50}, {"gate": True}, {"learn_lambda": False}):
+        assert not dataclasses.replace(ImitationConfig(), **change).is_papers
