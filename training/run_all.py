@@ -15,13 +15,14 @@ Invocations may share ``--out`` (one per core, say): a run another process is tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 
 from protocol import DataError, SequenceDataset, load_dataset, load_or_create_negatives
 from protocol.data import list_datasets, resolve_data_dir
+from training.imitation import ImitationConfig
 
 log = logging.getLogger("ssi.run_all")
 
@@ -53,15 +55,14 @@ class ModelSpec:
     first seed, ``"name@k"`` its run with the k-th seed of the invocation.
     """
 
-    group: str  # baseline | teacher | ensemble | student | ablation
+    group: str  # baseline | teacher | ensemble | student | ablation | option
     mostpop: bool = False
     teacher: str | None = None  # bert4rec | temporal | persona | global
     backbone: str = "bert4rec"  # a teacher's backbone: bert4rec (the paper's) | gru4rec
     student: str | None = None  # hgn | gru4rec
     teachers: tuple[str, ...] = ()  # rows imitated by a student
     members: tuple[str, ...] = ()  # rows whose next-item distributions an ensemble averages
-    use_kl: bool = True
-    use_mse: bool = True
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)  # the paper's loss unless a row says otherwise
     loss: str | None = None  # None: the model's paper loss
     baseline: str | None = None  # sasrec | sasrec_ce | s3rec | grec
     all_seeds: bool = True
@@ -79,12 +80,26 @@ def _student_rows(suffix: str, teachers: tuple[str, ...]) -> dict[str, ModelSpec
         f"ssi_gru4rec{suffix}": ModelSpec("student", student="gru4rec", teachers=teachers),
     }
     base = "ssi_hgn" if not suffix else f"ssi_hgn_ce{suffix}"  # paper: Table 3 on HGN; GRU set: on HGN-CE
-    spec = rows[base]
-    rows |= {f"{base}_no_mse": ModelSpec("ablation", student="hgn", teachers=teachers, loss=spec.loss, use_mse=False),
-             f"{base}_no_kl": ModelSpec("ablation", student="hgn", teachers=teachers, loss=spec.loss, use_kl=False)}
-    rows |= {f"{base}_{t.rsplit('_', 1)[1]}": ModelSpec("ablation", student="hgn", teachers=(t,), loss=spec.loss)
+    loss = rows[base].loss
+    rows |= {f"{base}_no_mse": ModelSpec("ablation", student="hgn", teachers=teachers, loss=loss,
+                                         imitation=ImitationConfig(use_mse=False)),
+             f"{base}_no_kl": ModelSpec("ablation", student="hgn", teachers=teachers, loss=loss,
+                                        imitation=ImitationConfig(use_kl=False))}
+    rows |= {f"{base}_{t.rsplit('_', 1)[1]}": ModelSpec("ablation", student="hgn", teachers=(t,), loss=loss)
              for t in teachers}
+    if suffix:  # imitation options beyond the paper's loss (training/imitation.py), chosen on validation
+        rows |= {f"{base}_{name}": ModelSpec("option", student="hgn", teachers=teachers, loss=loss, imitation=imit)
+                 for name, imit in IMITATION_OPTIONS.items()}
     return rows
+
+
+IMITATION_OPTIONS: dict[str, ImitationConfig] = {
+    "t2": ImitationConfig(temperature=2.0),
+    "mean": ImitationConfig(target="mean"),
+    "top50": ImitationConfig(top_k=50),
+    "gate": ImitationConfig(gate=True),
+    "fixed": ImitationConfig(learn_lambda=False),
+}
 
 
 CATALOG: dict[str, ModelSpec] = {
@@ -144,7 +159,7 @@ def references_resolve(model: str, seeds: list[int]) -> bool:
 
 def plan(datasets: list[str], models: list[str], seeds: list[int], layers: list[int]) -> list[Run]:
     """All runs in execution order; teachers and ensemble members come before the rows that need them."""
-    order = ["baseline", "teacher", "ensemble", "student", "ablation"]
+    order = ["baseline", "teacher", "ensemble", "student", "ablation", "option"]
     runs: list[Run] = []
     for ds in datasets:
         needed = list(dict.fromkeys(resolve_reference(ref, ds, seeds) for m in models for ref in CATALOG[m].references))
@@ -188,13 +203,13 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
 
         members = [resolve_reference(m, run.dataset, seeds).dir(out) for m in spec.members]
         return evaluate_ensemble(members, ds, run_dir, resume=resume)
-    from training.students import ImitationConfig, train_student
+    from training.students import train_student
 
     teacher_dirs = {teacher_name(t): resolve_reference(t, run.dataset, seeds, run.layers).dir(out)
                     for t in spec.teachers}
     # cpu preset: teacher distributions precomputed once (no teacher matmul/softmax per batch; see
     # training/teacher_cache.py); on a GPU the per-batch matmul is cheaper than reading them back.
-    imitation = ImitationConfig(use_kl=spec.use_kl, use_mse=spec.use_mse, cache_probs=preset == "cpu")
+    imitation = dataclasses.replace(spec.imitation, cache_probs=preset == "cpu")
     return train_student(spec.student, ds, preset, run_dir, teacher_dirs=teacher_dirs, imitation=imitation,
                          loss=spec.loss, seed=run.seed, resume=resume)
 
