@@ -221,6 +221,7 @@ def build_manifest(
         has_id_map=has_id_map,
         # read by ``python -m export.verify`` only; readers ignore other keys
         extra={
+            "architecture": info["model"],
             "source": {
                 "run_dir": str(run_dir.resolve()),
                 "weights_sha256": sha256_file(run_dir / "model.safetensors"),
@@ -274,7 +275,7 @@ def build_artifact(
     run_dir, out_root = Path(run_dir), Path(out_root)
     info = read_run(run_dir)
     model = (model if model is not None else load_model(run_dir)).eval()
-    name = str(info["model"])
+    name = str(info.get("variant") or info["model"])  # the run_all row (ssi_hgn_ce_gru), else the architecture
     ds = load_run_dataset(info, data)
     created = datetime.now(timezone.utc)
     version = new_version(created)

@@ -98,7 +98,16 @@ def table3(rows) -> str:
     return "\n".join(md) + "\n"
 
 
-GAIN_PAIRS = (("ssi_hgn", "hgn"), ("ssi_hgn_ce", "hgn_ce"), ("ssi_gru4rec", "gru4rec"))
+def alone_of(name: str) -> str | None:
+    """The student trained alone that an imitation row is paired with: ``ssi_hgn_ce_gru_t2`` -> ``hgn_ce``."""
+    if not name.startswith(("ssi_", "kd_")):
+        return None
+    base = name.split("_", 1)[1]
+    while base not in ALONE and "_" in base:
+        base = base.rsplit("_", 1)[0]
+    return base if base in ALONE else None
+
+
 GAIN_METRICS = (("sampled", "recall@10"), ("sampled", "ndcg@10"), ("full", "recall@10"), ("full", "ndcg@10"))
 
 
@@ -109,8 +118,10 @@ def gains(runs, results) -> tuple[str, list[dict[str, Any]]]:
     md = ["| dataset | gain | seeds | " + " | ".join(f"{p} {m}" for p, m in GAIN_METRICS) + " |",
           "|---|---|---|" + "---|" * len(GAIN_METRICS)]
     out: list[dict[str, Any]] = []
+    names = list(dict.fromkeys(n for _, n, _ in by))
+    pairs = [(n, alone_of(n)) for n in names if alone_of(n)]
     for ds in sorted({k[0] for k in by}):
-        for ssi, alone in GAIN_PAIRS:
+        for ssi, alone in pairs:
             seeds = sorted(s for d, n, s in by if d == ds and n == ssi and (ds, alone, s) in by)
             if not seeds:
                 continue
@@ -123,6 +134,69 @@ def gains(runs, results) -> tuple[str, list[dict[str, Any]]]:
             md.append(f"| {ds} | {ssi} − {alone} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
             out.append(row)
     return "\n".join(md) + "\n", out
+
+
+# ---- validation tables: teachers vs students alone, imitation options --------------------------------
+ALONE = ("hgn", "hgn_ce", "gru4rec")  # the students trained without imitation
+VALID_COLS = (("valid", "sampled"), ("valid", "full"), ("test", "sampled"), ("test", "full"))
+
+
+def _cells(runs, results) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """{(dataset, row name): [metrics of each finished seed]} in run order."""
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        if r in results and r.layers is None:
+            out.setdefault((r.dataset, r.name), []).append(results[r])
+    return out
+
+
+def _mean_cell(ms: list[dict[str, Any]], split: str, proto: str, metric: str = "ndcg@10") -> str:
+    mean, std = _agg([m[split][proto][metric] for m in ms])
+    return _fmt(mean, std, len(ms), False)
+
+
+def validation_table(runs, results, names: list[str] | None = None, prefix: tuple[str, ...] = ()) -> str:
+    """NDCG@10 on validation (what choices are made on) beside test, sampled and full, per row.
+
+    Rows: ``names`` and every row whose name starts with one of ``prefix``; seeds averaged."""
+    cells = _cells(runs, results)
+    head = ["dataset", "row", "seeds", *(f"{s} {p} N@10" for s, p in VALID_COLS), "best epoch", "wall s"]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (ds, name), ms in sorted(cells.items(), key=lambda kv: (kv[0][0], _row_order(kv[0][1], names, prefix))):
+        if (names and name in names) or name.startswith(prefix or ("\0",)):
+            epochs = [m.get("best_epoch") for m in ms if m.get("best_epoch") is not None]
+            walls = [m.get("wall_time_s") or 0.0 for m in ms]
+            md.append("| " + " | ".join([ds, name, str(len(ms)), *(_mean_cell(ms, s, p) for s, p in VALID_COLS),
+                                         ", ".join(map(str, epochs)) or "–", f"{statistics.fmean(walls):.0f}"]) + " |")
+    return "\n".join(md) + "\n"
+
+
+def _row_order(name: str, names: list[str] | None, prefix: tuple[str, ...]) -> tuple[int, str]:
+    if names and name in names:
+        return names.index(name), name
+    return len(names or ()), name
+
+
+def best_alone(runs, results, dataset: str) -> tuple[str, float] | None:
+    """The student trained alone with the best mean validation sampled NDCG@10 on ``dataset``."""
+    cells = _cells(runs, results)
+    scores = {n: statistics.fmean(m["valid"]["sampled"]["ndcg@10"] for m in ms)
+              for (d, n), ms in cells.items() if d == dataset and n in ALONE}
+    return max(scores.items(), key=lambda kv: kv[1]) if scores else None
+
+
+def summary(runs, results, gain_md: str) -> str:
+    """The README's results block: teachers against the students alone, the imitation gain, the options."""
+    parts = ["#### Teachers and ensembles against the students trained alone (NDCG@10)",
+             validation_table(runs, results, list(ALONE), ("teacher_", "ensemble_")),
+             "#### Imitation gain: with imitation minus the same student alone, paired by seed (test)", gain_md,
+             "#### Imitation options (HGN-CE student, GRU teachers), chosen on validation",
+             validation_table(runs, results, ["hgn_ce", "ssi_hgn_ce_gru", "kd_hgn_ce_gru4rec"], ("ssi_hgn_ce_gru_",))]
+    for ds in sorted({r.dataset for r in runs if r in results}):
+        best = best_alone(runs, results, ds)
+        if best:
+            parts.append(f"Best student alone on {ds} (validation sampled N@10): `{best[0]}` {best[1]:.4f}.")
+    return "\n\n".join(parts) + "\n"
 
 
 def fig3(rows, path: Path) -> bool:
@@ -223,9 +297,19 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     sampled = collect(runs, results, "sampled")
     atomic_write_text(report / "table3.md", "# Table 3: imitation ablation (HGN student, test, sampled)\n\n"
                       + table3(sampled))
+    atomic_write_text(report / "teachers.md", "# Teachers against the students trained alone (NDCG@10)\n\n"
+                      "Choices are made on validation; test beside it. Teachers and ensembles train/evaluate on the "
+                      "first seed; students alone are mean ± std over seeds.\n\n"
+                      + validation_table(runs, results, list(ALONE), ("teacher_", "ensemble_", "bert4rec")))
+    atomic_write_text(report / "options.md", "# Imitation options (HGN-CE student, GRU teachers), chosen on "
+                      "validation\n\nThe paper's loss is the row `ssi_hgn_ce_gru`; each other row changes one "
+                      "`ImitationConfig` field (training/imitation.py).\n\n"
+                      + validation_table(runs, results, ["hgn_ce", "ssi_hgn_ce_gru", "kd_hgn_ce_gru4rec"],
+                                         ("ssi_hgn_ce_gru_",)))
     gain_md, gain_rows = gains(runs, results)
     atomic_write_text(report / "gains.md", "# SSI gain: with imitation minus the same student alone (test)\n\n"
                       "Paired by seed: mean ± std of the per-seed differences.\n\n" + gain_md)
+    atomic_write_text(report / "summary.md", summary(runs, results, gain_md))
     figures = {"fig3": fig3(sampled, report / "fig3.png"), "fig4": fig4(runs, results, report / "fig4.png")}
     figures["curves"] = curves(runs, out, report)
     doc: dict[str, Any] = {

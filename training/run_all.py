@@ -42,7 +42,9 @@ TEACHER_VARIANTS = ("temporal", "persona", "global")
 # The paper's teachers (BERT4Rec, cloze + task) and the same tasks on a causal GRU4Rec backbone trained with
 # next-item cross-entropy (training/teachers.py, NextItemTeacherTask), a stronger recommender on small data.
 PAPER_TEACHERS = tuple(f"teacher_{v}" for v in TEACHER_VARIANTS)
-GRU_TEACHERS = tuple(f"teacher_gru_{v}" for v in TEACHER_VARIANTS)
+# each GRU teacher on its own seed (the k-th of the invocation): an ensemble of three runs from one
+# initialisation and one batch order would differ only through their tasks
+GRU_TEACHERS = tuple(f"teacher_gru_{v}@{k}" for k, v in enumerate(TEACHER_VARIANTS))
 # plain GRU4Rec (CE) runs of the first three seeds: the GRU teachers without their consistency task
 PLAIN_GRU_TEACHERS = ("gru4rec@0", "gru4rec@1", "gru4rec@2")
 
@@ -85,8 +87,8 @@ def _student_rows(suffix: str, teachers: tuple[str, ...]) -> dict[str, ModelSpec
                                          imitation=ImitationConfig(use_mse=False)),
              f"{base}_no_kl": ModelSpec("ablation", student="hgn", teachers=teachers, loss=loss,
                                         imitation=ImitationConfig(use_kl=False))}
-    rows |= {f"{base}_{t.rsplit('_', 1)[1]}": ModelSpec("ablation", student="hgn", teachers=(t,), loss=loss)
-             for t in teachers}
+    rows |= {f"{base}_{t.partition('@')[0].rsplit('_', 1)[1]}": ModelSpec("ablation", student="hgn", teachers=(t,),
+                                                                       loss=loss) for t in teachers}
     if suffix:  # imitation options beyond the paper's loss (training/imitation.py), chosen on validation
         rows |= {f"{base}_{name}": ModelSpec("option", student="hgn", teachers=teachers, loss=loss, imitation=imit)
                  for name, imit in IMITATION_OPTIONS.items()}
@@ -150,6 +152,11 @@ def resolve_reference(ref: str, dataset: str, seeds: list[int], layers: int | No
     if index >= len(seeds):
         raise ValueError(f"{ref!r} needs at least {index + 1} seeds (--seeds), got {seeds}")
     return Run(dataset, name, seeds[index], layers if CATALOG[name].teacher else None)
+
+
+def references_of(run: Run, seeds: list[int]) -> list[Run]:
+    """The runs ``run`` imitates or averages (none for a row that trains from data)."""
+    return [resolve_reference(ref, run.dataset, seeds, run.layers) for ref in CATALOG[run.model].references]
 
 
 def references_resolve(model: str, seeds: list[int]) -> bool:
@@ -231,15 +238,42 @@ def default_preset(device: str) -> str:
     return "paper" if gpu else "cpu"
 
 
-def export_best(runs: list[Run], results: dict[Run, dict], out: Path, export_out: Path) -> Path | None:
-    """Export the SSI student with the best validation NDCG@10 (first dataset); returns the artifact dir."""
-    cands = [r for r in runs if r.model in SSI_STUDENTS and r.layers is None and r in results
-             and r.dataset == runs[0].dataset]
+def is_student_row(name: str) -> bool:
+    """A servable student: HGN/GRU4Rec alone, or with imitation (SSI, options, ablations, plain KD)."""
+    spec = CATALOG.get(name)
+    return spec is not None and spec.student is not None
+
+
+def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | None:
+    """The finished student run of ``dataset`` with the best validation sampled NDCG@10, and why (one line)."""
+    cands = [r for r in results if r.dataset == dataset and r.layers is None and is_student_row(r.model)]
     if not cands:
-        log.warning("no SSI student was trained: nothing to export")
         return None
-    best = max(cands, key=lambda r: results[r]["valid"]["sampled"]["ndcg@10"])
-    log.info("exporting %s (valid NDCG@10 %.4f)", best.dir(out), results[best]["valid"]["sampled"]["ndcg@10"])
+    score = {r: results[r]["valid"]["sampled"]["ndcg@10"] for r in cands}
+    best = max(cands, key=lambda r: (score[r], r.model, -r.seed))
+    from training.report import alone_of
+
+    alone = [score[r] for r in cands if r.model == alone_of(best.model)]
+    if CATALOG[best.model].teachers and alone:
+        why = (f"the distilled student beats the same student alone ({alone_of(best.model)}: best valid N@10 "
+               f"{max(alone):.4f}), so imitation pays here")
+    elif CATALOG[best.model].teachers:
+        why = "a distilled student; its student alone was not trained in this folder"
+    else:
+        why = "a student trained ALONE: no distilled student beats it on validation here, so imitation does not pay"
+    line = (f"{best.dataset}/{best.name}/seed{best.seed}: valid N@10 {score[best]:.4f}, best of {len(cands)} "
+            f"finished students ({why})")
+    return best, line
+
+
+def export_best(results: dict[Run, dict], dataset: str, out: Path, export_out: Path) -> Path | None:
+    """Export the student with the best validation NDCG@10 on ``dataset``; returns the artifact dir."""
+    chosen = choose_served(results, dataset)
+    if chosen is None:
+        log.warning("no student was trained on %s: nothing to export", dataset)
+        return None
+    best, why = chosen
+    log.info("serving %s", why)
     cmd = [sys.executable, "-m", "export", str(best.dir(out)), "--out", str(export_out)]
     proc = subprocess.run(cmd, text=True, capture_output=True, check=False)
     sys.stdout.write(proc.stdout)
@@ -248,6 +282,50 @@ def export_best(runs: list[Run], results: dict[Run, dict], out: Path, export_out
         raise SystemExit(f"error: export of {best.dir(out)} failed (exit {proc.returncode})")
     latest = export_out / "latest"
     return export_out / latest.read_text().strip() if latest.is_file() else None
+
+
+def discover_finished(out: Path, known: set[Run]) -> list[Run]:
+    """Finished runs under ``out`` (``<dataset>/<row>[_L<n>]/seed<k>/metrics.json``) of catalogue rows,
+    other than ``known``: so that a report covers every finished run, not only this invocation's."""
+    found: list[Run] = []
+    for metrics in sorted(out.glob("*/*/seed*/metrics.json")):
+        seed_dir, row_dir, ds_dir = metrics.parent, metrics.parent.parent, metrics.parent.parent.parent
+        name, layers = row_dir.name, None
+        base, sep, depth = name.rpartition("_L")
+        if sep and depth.isdigit() and base in CATALOG:
+            name, layers = base, int(depth)
+        seed = seed_dir.name.removeprefix("seed")
+        if name not in CATALOG or not seed.isdigit():
+            continue
+        run = Run(ds_dir.name, name, int(seed), layers)
+        if run not in known:
+            found.append(run)
+    return found
+
+
+def tag_variant(run_dir: Path, variant: str) -> None:
+    """Record the catalogue row in ``run.json`` and ``metrics.json``: an ``hgn_ce`` or ``ssi_hgn_ce_gru`` run
+    is architecture ``hgn``, and the export, ``/model`` and the report name it by its row."""
+    from training.io import atomic_write_json, read_json
+
+    for name in ("run.json", "metrics.json"):
+        path = run_dir / name
+        if path.is_file():
+            doc = read_json(path)
+            if doc.get("variant") != variant:
+                atomic_write_json(path, {**doc, "variant": variant})
+
+
+README_START, README_END = "<!-- results:start (run_all --update-readme) -->", "<!-- results:end -->"
+
+
+def update_readme(readme: Path, summary: str) -> None:
+    """Replace the README block between the results markers with ``summary``."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"error: {readme} has no block between '{README_START}' and '{README_END}'")
+    readme.write_text(text[: start + len(README_START)] + "\n" + summary.strip() + "\n" + text[end:], encoding="utf-8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -273,10 +351,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip finished runs and continue interrupted ones (default)")
     g.add_argument("--fresh", dest="resume", action="store_false", help="retrain every run from scratch")
     p.add_argument("--export-out", type=Path, default=Path("artifacts/serving"), help="where the artifact goes")
-    p.add_argument("--no-export", action="store_true", help="skip the export of the best SSI student")
+    p.add_argument("--no-export", action="store_true",
+                   help="skip the export of the student with the best validation NDCG@10")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the runs of the plan that are finished "
                         "(the others are listed as missing); no export")
+    p.add_argument("--update-readme", type=Path, default=None, metavar="README",
+                   help="replace the results block of this README (between its results markers) with the "
+                        "report's summary.md")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -334,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_only and not is_finished(run.dir(args.out)):
             missing.append(run)
             continue
+        waits = [r for r in references_of(run, seeds) if not is_finished(r.dir(args.out))]
+        if waits:
+            log.warning("%s/%s/seed%d waits for unfinished %s; skipped here", run.dataset, run.name, run.seed,
+                        ", ".join(f"{r.name}/seed{r.seed}" for r in waits))
+            missing.append(run)
+            continue
         t0 = time.time()
         if world > 1:  # DDP ranks train each run together; a lock per process would split them
             m = execute(run, ds, preset, args.out, args.resume, seeds)
@@ -347,24 +435,40 @@ def main(argv: list[str] | None = None) -> int:
                 m = execute(run, ds, preset, args.out, args.resume, seeds)
         if rank != 0:
             continue
-        results[run] = m
+        tag_variant(run.dir(args.out), run.name)
+        results[run] = {**m, "variant": run.name}
         t = m["test"]["sampled"]
         tqdm.write(f"[{run.dataset}] {run.name:<18} seed {run.seed}: test R@10 {t['recall@10']:.4f} "
                    f"N@10 {t['ndcg@10']:.4f} | full N@10 {m['test']['full']['ndcg@10']:.4f} | {time.time() - t0:.0f}s")
     if rank != 0:
         return 0
+    from training.io import read_json
     from training.report import write_report
 
+    # the report covers every finished run under --out, not only this invocation's plan
+    report_runs = list(runs)
+    for run in discover_finished(args.out, set(runs)):
+        if run.dataset not in datasets:
+            try:
+                datasets[run.dataset] = load_dataset(run.dataset, data_dir)
+            except DataError as e:
+                log.warning("%s: finished runs left out of the report (%s)", run.dataset, e)
+                continue
+        results[run] = read_json(run.dir(args.out) / "metrics.json")
+        report_runs.append(run)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report_dir = write_report(args.out, runs, results, datasets, preset=preset, wall_time_s=time.time() - t_start,
-                              peak_rss_mb=peak_rss_mb, negatives={n: load_or_create_negatives(d).sha256
-                                                                  for n, d in datasets.items()})
+    report_dir = write_report(args.out, report_runs, results, datasets, preset=preset,
+                              wall_time_s=time.time() - t_start, peak_rss_mb=peak_rss_mb,
+                              negatives={n: load_or_create_negatives(d).sha256 for n, d in datasets.items()})
     log.info("report written to %s (peak RSS %.0f MB)", report_dir, peak_rss_mb)
+    if args.update_readme:
+        update_readme(args.update_readme, (report_dir / "summary.md").read_text(encoding="utf-8"))
+        log.info("%s: results block regenerated from %s", args.update_readme, report_dir / "summary.md")
     if missing:
         log.warning("%d planned runs are not finished and are not in the report: %s", len(missing),
                     ", ".join(f"{r.dataset}/{r.name}/seed{r.seed}" for r in missing))
     if not args.no_export and not args.report_only:
-        artifact = export_best(runs, results, args.out, args.export_out)
+        artifact = export_best(results, runs[0].dataset, args.out, args.export_out)
         if artifact:
             log.info("artifact ready to serve: %s  (python -m serving)", artifact)
     return 0
