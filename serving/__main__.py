@@ -36,14 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     from serving.app import create_app
     from serving.artifact import ArtifactError
     from serving.engine import load_state
+    from serving.server import uvicorn_config
 
     try:
         state = load_state(settings)
     except (ArtifactError, RuntimeError) as e:
         return _fail(f"cannot start: {e}", 1)
     app = create_app(settings, state=state)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
-    return 0
+    logging.getLogger("serving").info(
+        "slow clients: headers within %gs (at most %d bytes), body within %gs, idle keep-alive %ds; body at most %d "
+        "bytes", settings.header_timeout_s, settings.max_header_bytes, settings.body_timeout_s,
+        settings.keep_alive_timeout_s, settings.max_body_bytes)
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else 3  # 3: uvicorn's STARTUP_FAILURE (e.g. the port is taken)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ from serving.config import Settings
 from serving.engine import ModelState
 from serving.errors import ServingError
 from serving.metrics import ServingMetrics
-from serving.middleware import BodySizeLimitMiddleware, LifespanMiddleware, RequestMetricsMiddleware
+from serving.middleware import LifespanMiddleware, RequestBodyMiddleware, RequestMetricsMiddleware
 from serving.routes import admin, health, recommend
 from serving.routes import eval as eval_routes
+from serving.schemas import openapi_limits
+from serving.security import AdminPolicy, PathRedactor
 from serving.service import Service
 
 log = logging.getLogger("serving")
@@ -46,12 +48,14 @@ def _describe_validation(errors: list[dict[str, Any]]) -> tuple[str, list[dict[s
     return "; ".join(parts) + more, details[:50]
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error becomes ``{"error", "message"}`` JSON; nothing leaks a traceback."""
+def install_error_handlers(app: FastAPI, redact: PathRedactor) -> None:
+    """Every error becomes ``{"error", "message"}`` JSON; nothing leaks a traceback or a server path."""
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, exc: ServingError) -> Response:
-        return json_response(exc.status, exc.body(), exc.headers)
+        body = exc.body()
+        body["message"] = redact(body["message"])
+        return json_response(exc.status, body, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -83,15 +87,39 @@ def create_app(settings: Settings | None = None, state: ModelState | None = None
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics
-    install_error_handlers(app)
+    app.state.admin = admin_policy = AdminPolicy.from_settings(settings)
+    install_error_handlers(app, PathRedactor.for_settings(settings))
     for module in (recommend, eval_routes, admin, health):
         app.include_router(module.router)
-    known = {getattr(r, "path", "") for r in app.routes}
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, known_paths=known)
-    app.add_middleware(LifespanMiddleware, startup=lambda: service.start(preloaded=state), shutdown=service.stop,
+    _state_limits_in_openapi(app, settings)
+    app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
+                       metrics=metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, known_paths=lambda: _route_paths(app))
+
+    async def startup() -> None:
+        log.log(logging.INFO if admin_policy.mode == "key" else logging.WARNING, admin_policy.describe())
+        await service.start(preloaded=state)
+
+    app.add_middleware(LifespanMiddleware, startup=startup, shutdown=service.stop,
                        expected=(ArtifactError, RuntimeError, OSError))
     return app
+
+
+def _route_paths(app: FastAPI) -> set[str]:
+    """Every path the app serves (routers included under their prefix, as the OpenAPI schema lists them)."""
+    return set(app.openapi()["paths"]) | {path for r in app.routes if (path := getattr(r, "path", None))}
+
+
+def _state_limits_in_openapi(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI schema with this server's limits (max_k, list lengths), generated once on first use."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_limits(generate(), settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 app = create_app()

@@ -59,9 +59,22 @@ class Settings(BaseSettings):
     max_candidates: int = Field(10_000, ge=1, description="most candidates a request may list")
     max_batch_requests: int = Field(256, ge=1, description="most requests in one /recommend/batch call")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (larger: 413)")
+    # Slow clients (a connection that trickles its request holds a socket and memory)
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="the request line and headers must arrive within this many seconds of the "
+        "connection (or of the request's first byte on a kept-alive one); else 408 and the connection is closed")
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="the whole request body must arrive within this many seconds after the "
+        "headers; else 408 and the connection is closed")
+    max_header_bytes: int = Field(65_536, ge=1024, le=1_048_576, description="largest request line + headers "
+                                  "(larger: 431)")
+    keep_alive_timeout_s: int = Field(5, ge=1, le=300, description="an idle kept-alive connection is closed after "
+                                      "this many seconds")
     # Operations
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    api_key: SecretStr | None = Field(None, description="when set, /admin/* and /eval need header X-API-Key")
+    api_key: SecretStr | None = Field(
+        None, description="/admin/* and /eval need it in header X-API-Key. Without a key they are refused (403), "
+        "unless host is a loopback address (127.0.0.1, ::1, localhost): then they are open to local requests")
     data_dir: Path = Field(default_factory=_default_data_dir, description="dataset folder for /eval")
     eval_chunk_users: int = Field(0, ge=0, description="users per worker job in /eval (0 = max_batch_size)")
 

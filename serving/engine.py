@@ -143,8 +143,6 @@ def _check_limits(req: RecommendRequest, settings: Settings) -> None:
                           "(send the most recent ones)")
     if req.candidates is not None and len(req.candidates) > settings.max_candidates:
         raise bad_request(f"candidates has {len(req.candidates)} items; at most {settings.max_candidates} are accepted")
-    if req.candidates is not None and len(req.candidates) == 0:
-        raise bad_request("candidates is empty; leave it out to rank the whole catalogue")
 
 
 def map_ids(art: Artifact, raw: list[Any]) -> tuple[np.ndarray, list[Any]]:

@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+CLIENT_CLOSED = 499  # nginx's code for a request whose client left before the answer
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -33,10 +34,14 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("ssi_requests", "HTTP requests by endpoint and status", ["endpoint", "method", "status"],
-                                registry=r)
-        self.errors = Counter("ssi_request_errors", "HTTP responses with status >= 400", ["endpoint", "status"],
-                              registry=r)
+        self.requests = Counter("ssi_requests", "HTTP requests by endpoint and status; status 499: the client "
+                                "closed the connection before an answer (nothing sent, not a server error)",
+                                ["endpoint", "method", "status"], registry=r)
+        self.errors = Counter("ssi_request_errors", "HTTP responses with status >= 400 (499, client closed, is not "
+                              "a response and is not counted here)", ["endpoint", "status"], registry=r)
+        self.slow_clients = Counter("ssi_slow_client_timeouts", "connections closed because the request headers or "
+                                    "body did not arrive within header_timeout_s / body_timeout_s", ["stage"],
+                                    registry=r)
         self.request_seconds = Histogram("ssi_request_seconds", "HTTP request latency", ["endpoint"],
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.parse_seconds = Histogram("ssi_parse_seconds", "request arrival to the /recommend handler: body read, "
@@ -74,7 +79,7 @@ class ServingMetrics:
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint=endpoint, method=method, status=str(status)).inc()
-        if status >= 400:
+        if status >= 400 and status != CLIENT_CLOSED:
             self.errors.labels(endpoint=endpoint, status=str(status)).inc()
         self.request_seconds.labels(endpoint=endpoint).observe(seconds)
 

@@ -1,6 +1,7 @@
-"""Pure ASGI middlewares: the request body size limit (413) and per-endpoint request metrics."""
+"""Pure ASGI middlewares: the request body (size limit 413, time limit 408) and per-endpoint request metrics."""
 from __future__ import annotations
 
+import asyncio
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -8,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from serving.metrics import ServingMetrics
+from serving.metrics import CLIENT_CLOSED, ServingMetrics
 
 ASGIApp = Any
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -24,12 +25,20 @@ async def send_json(send: Any, status: int, body: dict[str, Any], headers: dict[
     await send({"type": "http.response.body", "body": payload})
 
 
-class BodySizeLimitMiddleware:
-    """Reads the request body up to ``max_bytes`` (413 beyond, whether declared or streamed), then replays it."""
+class RequestBodyMiddleware:
+    """Reads the request body first, within limits, then replays it to the app.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    - size: at most ``max_bytes`` (413 beyond, whether declared by Content-Length or streamed);
+    - time: the whole body within ``timeout_s`` of the headers (408 and ``Connection: close`` after),
+      so that a client promising more bytes than it sends cannot hold the connection;
+    - a client that goes away mid-upload gets no answer (the metrics count it as 499, client closed).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, metrics: ServingMetrics | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.metrics = metrics
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -45,21 +54,36 @@ class BodySizeLimitMiddleware:
             if size > self.max_bytes:
                 await self._too_large(send)
                 return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                body = await self._read(receive)
+        except TimeoutError:
+            if self.metrics is not None:
+                self.metrics.slow_clients.labels(stage="body").inc()
+            await send_json(send, 408, {"error": "body_timeout",
+                                        "message": f"the request body did not arrive within {self.timeout_s:g} s"},
+                            headers={"Connection": "close"})
+            return
+        if body is None:  # client gone
+            return
+        if len(body) > self.max_bytes:
+            await self._too_large(send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Any) -> bytes | None:
+        """The body (stops counting past ``max_bytes``: a longer result means too large), or None on disconnect."""
         chunks: list[bytes] = []
         total = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return None
             chunk = message.get("body", b"")
             total += len(chunk)
-            if total > self.max_bytes:
-                await self._too_large(send)
-                return
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+            if total > self.max_bytes or not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def _too_large(self, send: Any) -> None:
         await send_json(send, 413, {"error": "body_too_large",
@@ -100,10 +124,19 @@ class RequestMetricsMiddleware:
     """Counts requests and errors by endpoint (route template) and status, and times them; with
     ``mark_handler_start`` / ``mark_handler_done`` it also times the parse and serialise stages."""
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics, known_paths: set[str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, known_paths: Callable[[], set[str]]) -> None:
         self.app = app
         self.metrics = metrics
-        self.known_paths = known_paths
+        self._known_paths = known_paths
+        self._known: set[str] | None = None
+
+    @property
+    def known_paths(self) -> set[str]:
+        """The app's route paths, read once on first use (every router is included by then). A request that
+        ends before routing (413, 408, 499) is labelled by its path when it is one of these, else "other"."""
+        if self._known is None:
+            self._known = self._known_paths()
+        return self._known
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -111,7 +144,15 @@ class RequestMetricsMiddleware:
             return
         start = time.perf_counter()
         timing = scope[STAGE_KEY] = {"start": start}
-        status = 500
+        status: int | None = None
+        client_gone = False
+
+        async def receive_wrapper() -> dict:
+            nonlocal client_gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                client_gone = True
+            return message
 
         async def send_wrapper(message: dict) -> None:
             nonlocal status
@@ -123,8 +164,10 @@ class RequestMetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         finally:
+            if status is None:  # no answer: the client left first (nginx's 499), else the server failed
+                status = CLIENT_CLOSED if client_gone else 500
             route = getattr(scope.get("route"), "path", None)
             endpoint = route or (scope["path"] if scope["path"] in self.known_paths else "other")
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"

@@ -22,6 +22,7 @@ from serving.engine import Executor, ModelState, Prepared, eval_scorer, load_sta
 from serving.errors import ServingError
 from serving.metrics import ServingMetrics
 from serving.schemas import EvalRequest, EvalResponse, RecommendRequest, RecommendResponse, ReloadResponse
+from serving.security import artifact_display_name
 
 log = logging.getLogger("serving")
 EVAL_TOLERANCE = 1e-4
@@ -145,7 +146,7 @@ class Service:
         self._install(new)
         self.metrics.reloads.labels(result="ok").inc()
         log.info("reloaded: %s -> %s", old.version, new.version)
-        return ReloadResponse(reloaded=True, previous=old.version, model=new.version, path=str(new.artifact.path),
+        return ReloadResponse(reloaded=True, previous=old.version, model=new.version, path=artifact_display_name(new.artifact.path, self.settings),
                               seconds=round(time.perf_counter() - t0, 4))
 
     # ------------------------------------------------------------------ eval

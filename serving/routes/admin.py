@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from serving.routes import ServiceDep, require_api_key
-from serving.schemas import ErrorResponse, ReloadResponse
+from serving.routes import ServiceDep, require_admin
+from serving.schemas import ADMIN_RESPONSES, ErrorResponse, ReloadResponse
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
 
 @router.post("/reload", response_model=ReloadResponse,
-             responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+             responses={**ADMIN_RESPONSES, 409: {"model": ErrorResponse},
                         422: {"model": ErrorResponse, "description": "the new artifact is bad; old one still serves"}})
 async def reload(service: ServiceDep) -> ReloadResponse:
     """Load, verify and warm the newest artifact, then swap it in atomically."""

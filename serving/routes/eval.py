@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from serving.routes import ServiceDep, require_api_key
-from serving.schemas import ERROR_RESPONSES, ErrorResponse, EvalRequest, EvalResponse
+from serving.routes import ServiceDep, require_admin
+from serving.schemas import ADMIN_RESPONSES, ERROR_RESPONSES, ErrorResponse, EvalRequest, EvalResponse
 
-router = APIRouter(tags=["eval"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["eval"], dependencies=[Depends(require_admin)])
 
 
 @router.post("/eval", response_model=EvalResponse,
-             responses={**ERROR_RESPONSES, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+             responses={**ERROR_RESPONSES, **ADMIN_RESPONSES, 404: {"model": ErrorResponse},
                         409: {"model": ErrorResponse, "description": "an eval is running, or data mismatch"}})
 async def run_eval(req: EvalRequest, service: ServiceDep) -> EvalResponse:
     """``protocol.evaluate`` with the ORT encoder and item table; compared with the manifest's metrics."""

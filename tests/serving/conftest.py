@@ -14,6 +14,10 @@ from serving_factory import NUM_ITEMS, V1, V2, build_artifact, make_settings, wr
 
 from serving.app import create_app
 
+# TestClient requests "arrive" on the URL's host: a loopback one, as for a local user of `make run`
+# (the default host 127.0.0.1 then leaves the admin endpoints open; see serving/security.py).
+LOCAL_URL = "http://127.0.0.1"
+
 # ------------------------------------------------------------------------------------------ fixtures
 
 
@@ -54,7 +58,8 @@ def make_client(data_dir: Path) -> Iterator[Callable[..., TestClient]]:
 
     def _make(root: Path, **overrides: Any) -> TestClient:
         folder = overrides.pop("data_dir", data_dir)
-        client = TestClient(create_app(make_settings(root, folder, **overrides)), raise_server_exceptions=False)
+        client = TestClient(create_app(make_settings(root, folder, **overrides)), raise_server_exceptions=False,
+                            base_url=LOCAL_URL)
         client.__enter__()
         clients.append(client)
         return client
@@ -75,18 +80,22 @@ def client_v2(make_client: Callable[..., TestClient], artifact_v2: Path) -> Test
 
 
 class LiveServer:
-    """A real uvicorn server for an app on 127.0.0.1 (random port), in a thread."""
+    """A real uvicorn server for an app on 127.0.0.1 (random port), in a thread, configured as
+    ``python -m serving`` configures it (``serving.server.uvicorn_config``: slow-client timeouts)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **uvicorn_options: Any) -> None:
         import socket
 
         import uvicorn
+
+        from serving.server import uvicorn_config
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+        options = {"log_level": "warning", "lifespan": "on", **uvicorn_options}
+        self.server = uvicorn.Server(uvicorn_config(app, app.state.settings, **options))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> Self:
@@ -106,12 +115,12 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(data_dir: Path) -> Iterator[Callable[..., LiveServer]]:
-    """``live_server(root, **settings)`` -> a started LiveServer (stopped at teardown)."""
+    """``live_server(root, uvicorn_options=None, **settings)`` -> a started LiveServer (stopped at teardown)."""
     servers: list[LiveServer] = []
 
-    def _start(root: Path, **overrides: Any) -> LiveServer:
+    def _start(root: Path, uvicorn_options: dict[str, Any] | None = None, **overrides: Any) -> LiveServer:
         folder = overrides.pop("data_dir", data_dir)
-        server = LiveServer(create_app(make_settings(root, folder, **overrides))).__enter__()
+        server = LiveServer(create_app(make_settings(root, folder, **overrides)), **(uvicorn_options or {})).__enter__()
         servers.append(server)
         return server
 

@@ -96,6 +96,6 @@ def test_dependencies_are_coroutines() -> None:
     """A sync dependency costs a thread-pool hop on every request (FastAPI runs it in a worker thread)."""
     import inspect
 
-    from serving.routes import get_service, require_api_key
+    from serving.routes import get_service, require_admin
 
-    assert inspect.iscoroutinefunction(get_service) and inspect.iscoroutinefunction(require_api_key)
+    assert inspect.iscoroutinefunction(get_service) and inspect.iscoroutinefunction(require_admin)

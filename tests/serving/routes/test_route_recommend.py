@@ -123,7 +123,9 @@ def test_empty_history_is_popularity_fallback(client: TestClient, artifact_v1: P
     assert r.status_code == 200 and body["fallback"] is True
     assert body["items"] == pop[:5]
     assert body["scores"] == sorted(body["scores"], reverse=True)
-    assert post(client, {}).json()["items"] == pop[:10]  # defaults: empty history, k=10
+    assert post(client, {"history": []}).json()["items"] == pop[:10]  # default k=10
+    missing = post(client, {})  # history is required: a body without it is a client bug, not a cold user
+    assert missing.status_code == 422 and "history" in missing.json()["message"]
 
 
 def test_empty_history_with_candidates_ranks_them_by_popularity(client: TestClient, artifact_v1: Path) -> None:
