@@ -90,5 +90,21 @@ def load_run_model(run_dir: str | os.PathLike, map_location: str = "cpu") -> tup
     return model, info
 
 
+class CheckpointError(RunError):
+    """A ``checkpoint.pt`` that cannot be resumed from (truncated, corrupt or not a trainer checkpoint)."""
+
+
+CHECKPOINT_KEYS = ("task", "optimizer", "epoch", "best", "best_epoch", "bad", "history")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The trainer state in ``path``; ``CheckpointError`` (one line naming the file) when it is unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, zip errors...
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint, truncated or corrupt ({reason})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a trainer checkpoint (missing {', '.join(missing)})")
+    return state

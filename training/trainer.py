@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from protocol import Negatives, SequenceDataset, evaluate, load_or_create_negatives
 from training.io import atomic_torch_save, atomic_write_json, atomic_write_text
-from training.runs import is_finished, load_checkpoint, save_best, write_model_config
+from training.runs import CheckpointError, is_finished, load_checkpoint, save_best, write_model_config
 from training.scoring import ContractScorer
 
 log = logging.getLogger("ssi.train")
@@ -156,6 +156,23 @@ class Trainer:
                 "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
                 "torch_rng": torch.get_rng_state()}
 
+    def _resume_state(self, ckpt: Path) -> dict[str, Any] | None:
+        """The checkpoint to resume from, or None when it is unreadable (truncated by a full disk, a bad copy):
+        then the run starts again from epoch 1, which ends where an uninterrupted run would (per-epoch
+        seeding), and the bad file is kept beside it for inspection. One warning line, no traceback."""
+        try:
+            return load_checkpoint(ckpt)
+        except CheckpointError as e:
+            if self.is_main:
+                kept = ckpt.with_name(ckpt.name + ".corrupt")
+                try:
+                    os.replace(ckpt, kept)
+                except OSError:
+                    kept = ckpt
+                log.warning("%s; training this run again from epoch 1 (the file is kept as %s; run with --fresh "
+                            "to start over on purpose)", e, kept.name)
+            return None
+
     def _write_run_json(self) -> None:
         info = {"model": self.task.model.model_name, "model_config": dataclasses.asdict(self.task.model.config),
                 "train_config": dataclasses.asdict(self.cfg), "dataset": self.ds.name,
@@ -213,8 +230,8 @@ class Trainer:
             self._write_run_json()
         ckpt = self.run_dir / "checkpoint.pt"
         start, best, best_epoch, bad, history = 1, -math.inf, 0, 0, []
-        if resume and ckpt.is_file():
-            state = load_checkpoint(ckpt)
+        state = self._resume_state(ckpt) if resume and ckpt.is_file() else None
+        if state is not None:
             self.task.load_state_dict(state["task"])
             self.opt.load_state_dict(state["optimizer"])
             start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad"]
