@@ -2,7 +2,7 @@
 
     python -m training.data download beauty [--data-dir DIR]
     python -m training.data convert interactions.csv --name mylog [--user-col ...] [--item-core 5]
-    python -m training.data info beauty
+    python -m training.data info beauty     # counts, checksum, repeated items
 
 ``convert`` applies the paper's preprocessing (S3-Rec / SSI): interactions sorted by timestamp per
 user, users with at least 5 interactions kept (optionally an iterative item k-core first), items
@@ -20,8 +20,19 @@ import sys
 import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
-from protocol.data import DATASET_FILES, DOWNLOAD_URL, SHA256, DataError, load_dataset, resolve_data_dir
+import numpy as np
+
+from protocol.data import (
+    DATASET_FILES,
+    DOWNLOAD_URL,
+    SHA256,
+    DataError,
+    SequenceDataset,
+    load_dataset,
+    resolve_data_dir,
+)
 from training.io import atomic_write_json, atomic_write_text
 
 
@@ -122,12 +133,37 @@ def convert(path: Path, name: str, data_dir: Path, user_col: str = "user", item_
     return out
 
 
+def repeat_stats(ds: SequenceDataset) -> dict[str, Any]:
+    """Repeated items: consecutive repeats (``12 12``), and evaluation targets the user already has in the
+    input history (validation: ``s[-2]`` in ``s[:-2]``; test: ``s[-1]`` in ``s[:-1]``).
+
+    How the protocol treats such targets (README, "Evaluation protocol"): the sampled negatives never
+    contain them (they are drawn outside the whole sequence), and full ranking removes the input history
+    from the ranking except the target itself, so a repeated target can still be ranked first.
+    """
+    pairs = users_with = 0
+    in_history = {"valid": 0, "test": 0}
+    for seq in ds.sequences:
+        same = int(np.count_nonzero(seq[1:] == seq[:-1]))
+        pairs += same
+        users_with += same > 0
+        in_history["valid"] += bool(np.any(seq[:-2] == seq[-2]))
+        in_history["test"] += bool(np.any(seq[:-1] == seq[-1]))
+    n = max(ds.num_users, 1)
+    return {
+        "consecutive_repeats": {"pairs": pairs, "users": users_with, "share_of_users": round(users_with / n, 4)},
+        "targets_in_history": {split: {"users": count, "share": round(count / n, 4)}
+                               for split, count in in_history.items()},
+    }
+
+
 def info(name: str, data_dir: Path) -> None:
     ds = load_dataset(name, data_dir)
     lens = [len(s) for s in ds.sequences]
     print(json.dumps({"name": ds.name, "path": str(ds.path), "sha256": ds.sha256, "users": ds.num_users,
                       "items": ds.num_items, "actions": ds.num_actions, "max_len": max(lens),
-                      "mean_len": round(sum(lens) / len(lens), 2), "skipped_short_users": ds.skipped_short}, indent=2))
+                      "mean_len": round(sum(lens) / len(lens), 2), "skipped_short_users": ds.skipped_short,
+                      **repeat_stats(ds)}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
