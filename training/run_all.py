@@ -42,10 +42,10 @@ TEACHER_VARIANTS = ("temporal", "persona", "global")
 # The paper's teachers (BERT4Rec, cloze + task) and the same tasks on a causal GRU4Rec backbone trained with
 # next-item cross-entropy (training/teachers.py, NextItemTeacherTask), a stronger recommender on small data.
 PAPER_TEACHERS = tuple(f"teacher_{v}" for v in TEACHER_VARIANTS)
-# each GRU teacher on its own seed (the k-th of the invocation): an ensemble of three runs from one
+# each GRU teacher on its own seed (the first seed + k): an ensemble of three runs from one
 # initialisation and one batch order would differ only through their tasks
 GRU_TEACHERS = tuple(f"teacher_gru_{v}@{k}" for k, v in enumerate(TEACHER_VARIANTS))
-# plain GRU4Rec (CE) runs of the first three seeds: the GRU teachers without their consistency task
+# plain GRU4Rec (CE) runs on the same three seeds: the GRU teachers without their consistency task
 PLAIN_GRU_TEACHERS = ("gru4rec@0", "gru4rec@1", "gru4rec@2")
 
 
@@ -54,7 +54,7 @@ class ModelSpec:
     """What one row of the tables trains. Exactly one of the kinds is set.
 
     Teachers and ensemble members are references to other rows: ``"name"`` is that row's run with the
-    first seed, ``"name@k"`` its run with the k-th seed of the invocation.
+    first seed, ``"name@k"`` its run with the first seed + k (trained as needed, whatever ``--seeds``).
     """
 
     group: str  # baseline | teacher | ensemble | student | ablation | option
@@ -144,24 +144,16 @@ class Run:
 
 
 def resolve_reference(ref: str, dataset: str, seeds: list[int], layers: int | None = None) -> Run:
-    """``"name"`` -> that row's run with the first seed; ``"name@k"`` -> with ``seeds[k]``."""
+    """``"name"`` -> that row's run with the first seed; ``"name@k"`` -> with the first seed + k."""
     name, _, k = ref.partition("@")
     if name not in CATALOG:
         raise ValueError(f"unknown row {name!r} in a teacher/member reference {ref!r}")
-    index = int(k) if k else 0
-    if index >= len(seeds):
-        raise ValueError(f"{ref!r} needs at least {index + 1} seeds (--seeds), got {seeds}")
-    return Run(dataset, name, seeds[index], layers if CATALOG[name].teacher else None)
+    return Run(dataset, name, seeds[0] + int(k or 0), layers if CATALOG[name].teacher else None)
 
 
 def references_of(run: Run, seeds: list[int]) -> list[Run]:
     """The runs ``run`` imitates or averages (none for a row that trains from data)."""
     return [resolve_reference(ref, run.dataset, seeds, run.layers) for ref in CATALOG[run.model].references]
-
-
-def references_resolve(model: str, seeds: list[int]) -> bool:
-    """Whether every teacher/member reference of ``model`` has its seed among ``seeds``."""
-    return all(int(ref.partition("@")[2] or 0) < len(seeds) for ref in CATALOG[model].references)
 
 
 def plan(datasets: list[str], models: list[str], seeds: list[int], layers: list[int]) -> list[Run]:
@@ -395,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         check_writable(args.out)
     seeds = args.seeds or ([42] if preset == "smoke" else [42, 43, 44])
-    models = args.models or [m for m in CATALOG if references_resolve(m, seeds)]
+    models = args.models or list(CATALOG)
     try:
         runs = plan(list(datasets), models, seeds, args.teacher_layers)
     except ValueError as e:
