@@ -49,7 +49,7 @@ def test_smoke_reproduction_writes_every_report_file(tmp_path, shared_data_dir):
     assert p.returncode == 0, p.stderr[-3000:]
     report = out / "report"
     for f in ("table2.md", "table2.csv", "table2_full.md", "table2_full.csv", "table3.md", "fig3.png", "fig4.png",
-              "report.json"):
+              "report.json", "teachers.md", "options.md", "summary.md"):
         assert (report / f).is_file(), f
     doc = json.loads((report / "report.json").read_text())
     models = {r["model"] for r in doc["runs"]}
@@ -61,6 +61,13 @@ def test_smoke_reproduction_writes_every_report_file(tmp_path, shared_data_dir):
     assert "| lastfm | ssi_hgn |" in table
     latest = (serving / "latest").read_text().strip()
     assert (serving / latest / "manifest.json").is_file()
+    # the served student is the finished student with the best validation NDCG@10, named by its row
+    students = [r for r in doc["runs"] if r["model"] in {"hgn", "ssi_hgn", "ssi_hgn_no_kl", "ssi_hgn_no_mse",
+                                                          "ssi_hgn_temporal"}]
+    best = max(students, key=lambda r: r["metrics"]["valid"]["sampled"]["ndcg@10"])
+    manifest = json.loads((serving / latest / "manifest.json").read_text())
+    assert manifest["model"]["name"] == best["model"] and manifest["architecture"] == "hgn"
+    assert "serving lastfm/" + best["model"] in p.stderr
     # a second invocation skips every finished run and only rewrites the report
     p2 = _run(args)
     assert p2.returncode == 0
@@ -121,3 +128,46 @@ def test_references_are_seed_offsets_and_always_resolve() -> None:
     assert [(r.model, r.seed) for r in runs] == [("gru4rec", 42), ("gru4rec", 43), ("gru4rec", 44),
                                                   ("kd_hgn_ce_gru4rec", 42)]
     assert plan(["lastfm"], list(CATALOG), [42], [])  # every row plans with one seed
+
+
+def _metrics(valid: float, test: float = 0.3) -> dict:
+    cell = lambda v: {"sampled": {"ndcg@10": v, "recall@10": v}, "full": {"ndcg@10": v / 10, "recall@10": v / 5}}
+    return {"valid": cell(valid), "test": cell(test)}
+
+
+def test_the_served_student_is_the_best_on_validation_and_the_log_says_why() -> None:
+    from training.run_all import Run, choose_served
+
+    results = {Run("d", "hgn_ce", 42): _metrics(0.30, test=0.99), Run("d", "ssi_hgn_ce_gru", 42): _metrics(0.33),
+               Run("d", "teacher_gru_temporal", 42): _metrics(0.40), Run("d", "ensemble_gru_teachers", 42):
+               _metrics(0.41), Run("other", "hgn", 42): _metrics(0.50)}
+    best, why = choose_served(results, "d")
+    assert best == Run("d", "ssi_hgn_ce_gru", 42)  # not a teacher, not the test-best, not another dataset
+    assert "pays" in why and "0.3300" in why and "hgn_ce" in why
+    results[Run("d", "hgn_ce", 43)] = _metrics(0.35)
+    best, why = choose_served(results, "d")
+    assert best == Run("d", "hgn_ce", 43) and "ALONE" in why and "does not pay" in why
+    assert choose_served(results, "nothing") is None
+
+
+def test_discover_finished_reads_every_row_under_out(tmp_path) -> None:
+    from training.run_all import Run, discover_finished
+
+    for rel in ("beauty/hgn/seed42", "toys/ssi_hgn_L2/seed42", "beauty/not_a_row/seed1", "beauty/hgn_ce/seed43"):
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "metrics.json").write_text("{}")
+    (tmp_path / "beauty" / "gru4rec" / "seed42").mkdir(parents=True)  # unfinished: no metrics.json
+    found = discover_finished(tmp_path, {Run("beauty", "hgn_ce", 43)})
+    assert set(found) == {Run("beauty", "hgn", 42), Run("toys", "ssi_hgn", 42, 2)}
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path) -> None:
+    from training.run_all import README_END, README_START, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{README_START}\nold table\n{README_END}\nbottom\n")
+    update_readme(readme, "| new | table |\n")
+    assert readme.read_text() == f"top\n{README_START}\n| new | table |\n{README_END}\nbottom\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no block"):
+        update_readme(readme, "x")
