@@ -109,15 +109,15 @@ def max_len_of(model: nn.Module, info: dict[str, Any]) -> int:
     A fixed-length encoder (HGN's window) reads exactly ``config.max_len`` columns. Any other encoder
     gets the length the run's metrics were measured with (``train_config.max_len``, what ``evaluate``
     was given), so the served model is the evaluated one; else ``config.max_len``; else 50."""
-    cfg_len = getattr(getattr(model, "config", None), "max_len", None)
-    if getattr(model, "fixed_length", False) and cfg_len:
-        return int(cfg_len)
+    if model.fixed_length:  # the contract: a fixed-length encoder reads exactly config.max_len columns
+        return int(model.config.max_len)
+    # optional: the servable contract does not require a max_len on a variable-length model's config
+    cfg_len = getattr(model.config, "max_len", None)
     return int((info.get("train_config") or {}).get("max_len") or cfg_len or 50)
 
 
-def model_config(model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
-    cfg = getattr(model, "config", None)
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(info.get("model_config") or {})
+def model_config(model: nn.Module) -> dict[str, Any]:
+    return dataclasses.asdict(model.config)  # a model's config is a dataclass (models.config.ModelConfig)
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -244,8 +244,7 @@ def _write_files(
     id_map = find_id_map(ds)
     if id_map is not None:
         _check_id_map(id_map, ds.num_items)
-    fixed = bool(getattr(model, "fixed_length", False))
-    uses_user = bool(getattr(model, "uses_user", False))
+    fixed, uses_user = bool(model.fixed_length), bool(model.uses_user)
     encoder = export_encoder(model, tmp / ENCODER_FILE, max_len_of(model, info), fixed, uses_user, exporters)
     if encoder.dim != items.shape[1]:
         raise ExportError(
@@ -288,7 +287,7 @@ def build_artifact(
         manifest = build_manifest(
             name=name,
             version=version,
-            config=model_config(model, info),
+            config=model_config(model),
             encoder=encoder,
             items=items,
             ds=ds,

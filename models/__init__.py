@@ -1,30 +1,25 @@
-"""Pure torch models. One file per model, each with a ``@dataclass`` config and presets.
+"""Pure torch models. One file per model, each with a ``@dataclass`` config (``models.config.ModelConfig``)
+and presets.
 
-``MODELS`` maps a model name to its class; every class has ``model_name``, ``config_class``,
-``fixed_length`` and ``uses_user`` class attributes and implements the servable contract
-``encode(history, user) -> (B, D')`` and ``item_vectors() -> (N, D')``.
+``MODELS`` maps a model name to its class; every class meets ``models.contracts.ServableEncoder``
+(``model_name``, ``config_class``, ``fixed_length``, ``uses_user``, ``encode(history, user) -> (B, D')``,
+``item_vectors() -> (N, D')``, ``scores(history, user) -> (B, N)``); the students also meet
+``models.contracts.Student``. The imports are explicit: a missing model file is an ImportError here,
+never a model that silently disappears from the registry.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 from torch import nn
 
-# module name -> class name; one file per model.
-_MODEL_FILES: dict[str, str] = {
-    "bert4rec": "BERT4Rec",
-    "hgn": "HGN",
-    "gru4rec": "GRU4Rec",
-    "sasrec": "SASRec",
-    "s3rec": "S3Rec",
-    "grec": "GRec",
-}
+from models.bert4rec import BERT4Rec
+from models.config import ModelConfig
+from models.contracts import PrefixStudent, ServableEncoder, Student, WindowStudent
+from models.grec import GRec
+from models.gru4rec import GRU4Rec
+from models.hgn import HGN
+from models.s3rec import S3Rec
+from models.sasrec import SASRec
 
-MODELS: dict[str, type[nn.Module]] = {}
-for _module, _cls in _MODEL_FILES.items():
-    if importlib.util.find_spec(f"models.{_module}") is not None:
-        _m = importlib.import_module(f"models.{_module}")
-        MODELS[_m.__dict__[_cls].model_name] = _m.__dict__[_cls]
+MODELS: dict[str, type[nn.Module]] = {cls.model_name: cls for cls in (BERT4Rec, HGN, GRU4Rec, SASRec, S3Rec, GRec)}
 
-__all__ = ["MODELS"]
+__all__ = ["MODELS", "ModelConfig", "PrefixStudent", "ServableEncoder", "Student", "WindowStudent"]

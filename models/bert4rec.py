@@ -21,13 +21,14 @@ Servable contract: ``encode(history)`` appends [MASK] after the history (keeping
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.config import ModelConfig
 
 # name -> size fields; num_items always comes from the data (pass it as an override).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -44,8 +45,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class BERT4RecConfig:
-    num_items: int
+class BERT4RecConfig(ModelConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+    # num_items (the first field), preset() and replace() come from ModelConfig
     max_len: int = 50  # positions, including the appended [MASK] at inference
     dim: int = 64
     n_layers: int = 2
@@ -56,8 +58,7 @@ class BERT4RecConfig:
     init_std: float = 0.02  # truncated normal, as BERT
 
     def __post_init__(self) -> None:
-        if self.num_items < 1:
-            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
+        super().__post_init__()
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.max_len < 2:
@@ -74,15 +75,6 @@ class BERT4RecConfig:
     @property
     def vocab_size(self) -> int:
         return self.num_items + 3  # padding, items, [MASK], [INT]
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> BERT4RecConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def replace(self, **changes: Any) -> BERT4RecConfig:
-        return dataclasses.replace(self, **changes)
 
 
 class SelfAttention(nn.Module):
@@ -191,6 +183,11 @@ class BERT4Rec(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         """(N, d + 1) ``[E_items | b]``, row i = item id i + 1."""
         return torch.cat([self.item_embeddings(), self.out_bias[:, None]], dim=1)
+
+    def scores(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) the cloze head's logits at a [MASK] appended after the history."""
+        tokens = self.append_token(history, self.config.mask_token)
+        return self.logits(self.forward(tokens)[:, -1])
 
     def output_items(self) -> torch.Tensor:
         """(N, d) the item table a student imitates (SSI eq. 7): the tied embeddings, bias excluded."""

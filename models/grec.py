@@ -49,13 +49,14 @@ Token ids: 0 padding, 1..N items, N+1 [GAP]. Servable contract: ``encode(history
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.config import ModelConfig
 
 # name -> size fields; num_items always comes from the data (pass it as an override).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -71,8 +72,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class GRecConfig:
-    num_items: int
+class GRecConfig(ModelConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+    # num_items (the first field), preset() and replace() come from ModelConfig
     max_len: int = 50  # training window and inference history (including the appended [GAP])
     dim: int = 64
     kernel: int = 3  # odd, so that the encoder's non-causal convolution is centred
@@ -85,10 +87,9 @@ class GRecConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.enc_dilations = tuple(self.enc_dilations)  # JSON gives lists back
         self.dec_dilations = tuple(self.dec_dilations)
-        if self.num_items < 1:
-            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd, got {self.kernel}")
         if self.max_len < 2:
@@ -97,15 +98,6 @@ class GRecConfig:
     @property
     def gap_token(self) -> int:
         return self.num_items + 1
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> GRecConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def replace(self, **changes: Any) -> GRecConfig:
-        return dataclasses.replace(self, **changes)
 
 
 class DilatedConv(nn.Module):
@@ -236,6 +228,10 @@ class GRec(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         """(N, d + 1) ``[W | b]``; row i = item id i + 1."""
         return torch.cat([self.output_table(), self.out_bias[:, None]], dim=1)
+
+    def scores(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) next-item logits (``forward``: the decoder state, then ``logits``)."""
+        return self.forward(history)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -12,25 +12,33 @@ encoder exports to ONNX with dynamic batch and length (TorchScript exporter, see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from models.config import ModelConfig
+
 
 @dataclass
-class GRU4RecConfig:
-    num_items: int
+class GRU4RecConfig(ModelConfig):
+    """``smoke``: tiny, for tests. ``cpu`` and ``paper``: d=64, hidden 128, dropout 0.3 (RecBole's)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {"dim": 16, "hidden": 16, "dropout": 0.1, "max_len": 20}, "cpu": {}, "paper": {}}
+    # num_items (the first field), preset() and replace() come from ModelConfig
     dim: int = 64  # d: item embedding and output size
     hidden: int = 128
     num_layers: int = 1
     dropout: float = 0.3  # on the input embeddings
     max_len: int = 50  # history length used in training and evaluation (encode accepts any length)
     special_tokens: int = 0  # token rows after the items: 2 = [MASK], [INT] for SSI's consistency tasks
+    num_negatives: int = 3  # sampled negatives per target when trained with BPR (not its default loss)
 
     def __post_init__(self) -> None:
-        if self.num_items < 1 or self.max_len < 1:
-            raise ValueError(f"GRU4Rec needs num_items >= 1 and max_len >= 1, got {self.num_items}, {self.max_len}")
+        super().__post_init__()
+        if self.max_len < 1:
+            raise ValueError(f"GRU4Rec needs max_len >= 1, got {self.max_len}")
         if self.special_tokens not in (0, 2):
             raise ValueError(f"special_tokens must be 0 or 2 ([MASK], [INT]), got {self.special_tokens}")
 
@@ -41,14 +49,6 @@ class GRU4RecConfig:
     @property
     def int_token(self) -> int:
         return self.num_items + 2
-
-    @classmethod
-    def preset(cls, name: Literal["smoke", "cpu", "paper"], **overrides) -> GRU4RecConfig:
-        """``smoke``: tiny, for tests. ``cpu`` and ``paper``: d=64, hidden 128, dropout 0.3 (RecBole's)."""
-        if name not in ("smoke", "cpu", "paper"):
-            raise ValueError(f"unknown GRU4Rec preset {name!r}; expected smoke, cpu or paper")
-        sizes = {"dim": 16, "hidden": 16, "dropout": 0.1, "max_len": 20} if name == "smoke" else {}
-        return cls(**(sizes | overrides))
 
 
 def _positions(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,6 +71,7 @@ class GRU4Rec(nn.Module):
     fixed_length = False
     uses_user = False
     default_loss = "ce"
+    training_examples = "prefixes"  # every prefix of a sequence in one pass (sequence_output)
 
     def __init__(self, config: GRU4RecConfig):
         super().__init__()
@@ -136,6 +137,10 @@ class GRU4Rec(nn.Module):
     def forward(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         """Scores over items 1..N: (B, N)."""
         return self.encode(history) @ self.item_vectors().T
+
+    def scores(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) by the training path: the last column of ``sequence_output`` (histories of >= 1 item)."""
+        return self.sequence_output(history)[:, -1] @ self.item_vectors().T
 
     def extra_repr(self) -> str:
         c = self.config

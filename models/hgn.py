@@ -25,16 +25,22 @@ uses it, so anonymous histories get meaningful scores.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.config import ModelConfig
+
 
 @dataclass
-class HGNConfig:
-    num_items: int
+class HGNConfig(ModelConfig):
+    """``smoke``: d=16, for tests. ``cpu`` and ``paper``: the paper's d=50, L=5, T=3 (HGN is cheap).
+    ``num_items`` and ``num_users`` come from the data, as overrides."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {"dim": 16}, "cpu": {}, "paper": {}}
+    # num_items (the first field), preset() and replace() come from ModelConfig
     num_users: int
     dim: int = 50  # d
     max_len: int = 5  # L, the window of most recent items the encoder reads
@@ -43,19 +49,11 @@ class HGNConfig:
     user_dropout: float = 0.1  # fraction of training windows that see the unknown user (id 0)
 
     def __post_init__(self) -> None:
-        if self.num_items < 1 or self.num_users < 0:
-            raise ValueError(f"HGN needs num_items >= 1 and num_users >= 0, got {self.num_items}, {self.num_users}")
+        super().__post_init__()
+        if self.num_users < 0:
+            raise ValueError(f"HGN needs num_users >= 0, got {self.num_users}")
         if self.max_len < 1 or self.targets < 1 or not 0.0 <= self.user_dropout <= 1.0:
             raise ValueError(f"bad HGN window/targets/user_dropout: {self.max_len}, {self.targets}, {self.user_dropout}")
-
-    @classmethod
-    def preset(cls, name: Literal["smoke", "cpu", "paper"], **overrides) -> HGNConfig:
-        """``smoke``: d=16, for tests. ``cpu`` and ``paper``: the paper's d=50, L=5, T=3 (HGN is cheap).
-        ``num_items`` and ``num_users`` come from the data, as overrides."""
-        if name not in ("smoke", "cpu", "paper"):
-            raise ValueError(f"unknown HGN preset {name!r}; expected smoke, cpu or paper")
-        sizes = {"dim": 16} if name == "smoke" else {}
-        return cls(**(sizes | overrides))
 
 
 class FeatureGating(nn.Module):
@@ -95,6 +93,7 @@ class HGN(nn.Module):
     fixed_length = True  # reads the last config.max_len (= L) items
     uses_user = True
     default_loss = "bpr"
+    training_examples = "windows"  # one query per window of L items before T targets
 
     def __init__(self, config: HGNConfig):
         super().__init__()
@@ -168,6 +167,10 @@ class HGN(nn.Module):
             return u @ q.T + g @ q.T + s @ q.T + b
         q, b = self.out_emb(items), self.out_bias(items).squeeze(-1)  # (B, K, d), (B, K)
         return sum(torch.einsum("bd,bkd->bk", x, q) for x in (u, g, s)) + b
+
+    def scores(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) the paper's score over all items, term by term (``forward``)."""
+        return self.forward(history, user)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -28,7 +28,6 @@ item table without padding/special rows; ``encode(h) @ item_vectors().T == forwa
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from models.bert4rec import Block
+from models.config import ModelConfig
 
 # name -> size fields; num_items always comes from the data (pass it as an override).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -51,8 +51,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class SASRecConfig:
-    num_items: int
+class SASRecConfig(ModelConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+    # num_items (the first field), preset() and replace() come from ModelConfig
     max_len: int = 50  # positions; histories are cut to their last max_len items
     dim: int = 64
     n_layers: int = 2
@@ -63,21 +64,12 @@ class SASRecConfig:
     init_std: float = 0.02  # normal init, as the S3-Rec code
 
     def __post_init__(self) -> None:
-        if self.num_items < 1:
-            raise ValueError(f"num_items must be >= 1, got {self.num_items}")
+        super().__post_init__()
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.max_len < 2:
             raise ValueError(f"max_len must be >= 2, got {self.max_len}")
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> SASRecConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def replace(self, **changes: Any) -> SASRecConfig:
-        return dataclasses.replace(self, **changes)
 
 
 def attention_mask(tokens: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -153,6 +145,10 @@ class SASRec(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         """(N, d); row i = item id i + 1."""
         return self.item_embeddings()
+
+    def scores(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) next-item logits (``forward``)."""
+        return self.forward(history)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -365,11 +365,14 @@ def init_from_run(model: nn.Module, source: Path) -> str:
 
 
 def train_baseline(name: str, ds: SequenceDataset, preset: str, run_dir: str | Path, seed: int = 42,
-                   resume: bool = True, progress: bool = True) -> dict[str, Any]:
+                   resume: bool = True, progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """Train baseline ``name`` (``sasrec``, ``sasrec_ce``, ``s3rec``, ``grec``) into ``run_dir``; returns
-    the final metrics (a finished run is loaded, an interrupted one resumed, stage by stage)."""
+    the final metrics (a finished run is loaded, an interrupted one resumed, stage by stage). ``device``
+    (auto | cpu | cuda) sets every stage's ``TrainConfig.device``; None keeps the preset's (auto)."""
     metrics: dict[str, Any] = {}
     for stage in build_stages(name, ds, preset, Path(run_dir), seed, progress):
+        if device is not None:
+            stage.config = dataclasses.replace(stage.config, device=device)
         if stage.init_from is not None:  # a resumed stage's checkpoint overrides these weights
             stage.info["init_from"] = str(stage.init_from)
             stage.info["init_sha256"] = init_from_run(stage.task.model, stage.init_from)

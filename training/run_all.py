@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from protocol import DataError, SequenceDataset, load_dataset, load_or_create_negatives
 from protocol.data import list_datasets, resolve_data_dir
+from training.cli import init_distributed
 from training.imitation import ImitationConfig
 
 log = logging.getLogger("ssi.run_all")
@@ -180,8 +181,9 @@ def teacher_name(ref: str) -> str:
     return ref.removeprefix("teacher_").replace("@", "_s")
 
 
-def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool, seeds: list[int]) -> dict[str, Any]:
-    """Train (or load, when finished) one run."""
+def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool, seeds: list[int],
+            device: str = "auto") -> dict[str, Any]:
+    """Train (or load, when finished) one run on ``device`` (auto | cpu | cuda; MostPop and ensembles: CPU)."""
     spec, run_dir = CATALOG[run.model], run.dir(out)
     if spec.mostpop:
         from training.mostpop import train_mostpop
@@ -192,11 +194,11 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
 
         over = {"n_layers": run.layers} if run.layers else None
         return train_teacher(spec.teacher, ds, preset, run_dir, seed=run.seed, resume=resume, overrides=over,
-                             backbone=spec.backbone)
+                             backbone=spec.backbone, device=device)
     if spec.baseline is not None:
         from training.baselines import train_baseline
 
-        return train_baseline(spec.baseline, ds, preset, run_dir, seed=run.seed, resume=resume)
+        return train_baseline(spec.baseline, ds, preset, run_dir, seed=run.seed, resume=resume, device=device)
     if spec.members:
         from training.ensemble import evaluate_ensemble
 
@@ -210,7 +212,7 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
     # training/teacher_cache.py); on a GPU the per-batch matmul is cheaper than reading them back.
     imitation = dataclasses.replace(spec.imitation, cache_probs=preset == "cpu")
     return train_student(spec.student, ds, preset, run_dir, teacher_dirs=teacher_dirs, imitation=imitation,
-                         loss=spec.loss, seed=run.seed, resume=resume)
+                         loss=spec.loss, seed=run.seed, resume=resume, device=device)
 
 
 def check_writable(out: Path) -> None:
@@ -355,25 +357,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _init_distributed() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return dist.get_rank(), dist.get_world_size()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rank, world = _init_distributed()
+    rank, world = init_distributed()
     logging.basicConfig(level=args.log_level if rank == 0 else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.device != "auto":
-        os.environ["SSI_DEVICE"] = args.device
     preset = args.preset or default_preset(args.device)
     data_dir = resolve_data_dir(args.data_dir)
     names = args.datasets or list_datasets(data_dir)
@@ -416,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.time()
         if world > 1:  # DDP ranks train each run together; a lock per process would split them
-            m = execute(run, ds, preset, args.out, args.resume, seeds)
+            m = execute(run, ds, preset, args.out, args.resume, seeds, args.device)
         else:
             with run_lock(run.dir(args.out)) as holder:
                 if holder is not None:
@@ -424,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                                 run.dataset, run.name, run.seed, holder)
                     missing.append(run)
                     continue
-                m = execute(run, ds, preset, args.out, args.resume, seeds)
+                m = execute(run, ds, preset, args.out, args.resume, seeds, args.device)
         if rank != 0:
             continue
         tag_variant(run.dir(args.out), run.name)

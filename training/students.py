@@ -49,7 +49,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import MODELS
+from models.contracts import PrefixStudent, Student, WindowStudent, student_problems
 from protocol import (
     DataError,
     SequenceDataset,
@@ -248,11 +249,54 @@ def prefix_segments(seqs: list[np.ndarray], max_len: int) -> Examples:
     return Examples(arrays, np.asarray(users, dtype=np.int64), np.asarray(prefix, dtype=np.int64), trim=True)
 
 
-def build_examples(model: nn.Module, ds: SequenceDataset) -> Examples:
-    seqs = train_sequences(ds)
-    if model.model_name == "hgn":
-        return hgn_windows(seqs, model.config.max_len, model.config.targets)
+Queries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ExampleScheme:
+    """How a student of one ``training_examples`` kind (``models.contracts.Student``) is trained: its
+    examples from the training sequences, and a batch's queries (M, D'), targets (M, T), example ids (M,)."""
+
+    build: Callable[[Student, list[np.ndarray]], Examples]
+    queries: Callable[[Student, dict[str, torch.Tensor]], Queries]
+
+
+def _window_examples(model: WindowStudent, seqs: list[np.ndarray]) -> Examples:
+    return hgn_windows(seqs, model.config.max_len, model.config.targets)
+
+
+def _window_queries(model: WindowStudent, batch: dict[str, torch.Tensor]) -> Queries:
+    return model.encode(batch["history"], batch["user"]), batch["targets"], batch["example"]
+
+
+def _prefix_examples(model: PrefixStudent, seqs: list[np.ndarray]) -> Examples:
     return prefix_segments(seqs, model.config.max_len)
+
+
+def _prefix_queries(model: PrefixStudent, batch: dict[str, torch.Tensor]) -> Queries:
+    out = model.sequence_output(batch["history"])  # (B, L, d)
+    mask = batch["targets"] > 0
+    return out[mask], batch["targets"][mask].unsqueeze(1), batch["example"][mask]
+
+
+# ``Student.training_examples`` -> scheme: the only place that tells the two kinds of students apart.
+EXAMPLE_SCHEMES: dict[str, ExampleScheme] = {
+    "windows": ExampleScheme(_window_examples, _window_queries),  # HGN: L-item windows before T targets
+    "prefixes": ExampleScheme(_prefix_examples, _prefix_queries),  # GRU4Rec: every prefix in one pass
+}
+
+
+def example_scheme(model: nn.Module) -> ExampleScheme:
+    """The scheme of ``model.training_examples``; ``TypeError`` naming what is missing for a non-student."""
+    problems = student_problems(model)
+    if problems:
+        raise TypeError(f"{type(model).__name__} does not meet the student contract (models.contracts): "
+                        f"{', '.join(problems)}")
+    return EXAMPLE_SCHEMES[model.training_examples]
+
+
+def build_examples(model: nn.Module, ds: SequenceDataset) -> Examples:
+    return example_scheme(model).build(model, train_sequences(ds))
 
 
 # ---- teachers -----------------------------------------------------------------------------------
@@ -295,7 +339,7 @@ class FrozenTeacher:
         cut to its longest history: padding width does not change a variable-length encoder's query (the
         contract test checks it), and most histories are far shorter than W (Beauty: ~7 of 50)."""
         self.model.eval()
-        if getattr(self.model, "fixed_length", False):
+        if self.model.fixed_length:
             return torch.cat([self.model.encode(histories[i:i + batch_size]).float()
                               for i in range(0, len(histories), batch_size)])
         lengths = (histories > 0).sum(dim=1)
@@ -334,7 +378,8 @@ class StudentTask(TrainTask):
         self.batch_size = batch_size
         self.bucket_pool = bucket_pool  # batches per length-sorted pool (sequence examples only); 0 = off
         self.num_items = ds.num_items
-        self.examples = build_examples(model, ds)
+        self.scheme = example_scheme(model)
+        self.examples = self.scheme.build(model, train_sequences(ds))
         self.teachers = dict(teachers) if imitation.active else {}  # plain dict: not submodules
         names = ["mean"] if imitation.target == "mean" and self.teachers else list(self.teachers)
         self.lambdas = LambdaWeights(names, imitation.lambda_init, imitation.lambda_param, learn=imitation.learn_lambda)
@@ -427,18 +472,13 @@ class StudentTask(TrainTask):
     # ---- loss -----------------------------------------------------------------------------------
     def queries(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Student queries (M, D'), their targets (M, T) and teacher example ids (M,)."""
-        if self.model.model_name == "hgn":
-            return self.model.encode(batch["history"], batch["user"]), batch["targets"], batch["example"]
-        out = self.model.sequence_output(batch["history"])  # (B, L, d)
-        mask = batch["targets"] > 0
-        return out[mask], batch["targets"][mask].unsqueeze(1), batch["example"][mask]
+        return self.scheme.queries(self.model, batch)
 
     def student_loss(self, q: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
                      logits: torch.Tensor | None) -> torch.Tensor:
         if self.loss_name == "ce":
             return ce_loss(logits if logits is not None else q @ items.T, targets)
-        k = getattr(self.model.config, "num_negatives", 3)
-        neg = sample_negatives(targets, self.num_items, k)  # (M, K)
+        neg = sample_negatives(targets, self.num_items, self.model.config.num_negatives)  # (M, K)
         pos_s = torch.einsum("md,mtd->mt", q, items[(targets - 1).clamp_min(0)])  # (M, T)
         neg_s = torch.einsum("md,mkd->mk", q, items[neg - 1])  # (M, K)
         return bpr_loss(pos_s, neg_s, targets > 0)
@@ -547,12 +587,14 @@ def _clear_run(run_dir: Path) -> None:
 def train_student(student: StudentName, ds: SequenceDataset, preset: Preset, run_dir: str | Path,
                   teacher_dirs: dict[str, Path] | None = None, imitation: ImitationConfig | None = None,
                   loss: LossName | None = None, seed: int = 42, resume: bool = True, progress: bool = True,
-                  epochs: int | None = None, train: TrainConfig | None = None) -> dict[str, Any]:
+                  epochs: int | None = None, train: TrainConfig | None = None,
+                  device: str | None = None) -> dict[str, Any]:
     """Train ``student`` on ``ds`` (alone when ``teacher_dirs`` is empty) into ``run_dir``; returns metrics.
 
     For a student with a user embedding (HGN) the returned dict also holds ``anonymous`` (valid/test
     metrics with the unknown user), written to ``run_dir/metrics_anonymous.json``. ``train`` replaces the
-    preset's ``TrainConfig`` (``epochs`` still overrides its epoch cap).
+    preset's ``TrainConfig`` (``epochs`` still overrides its epoch cap, ``device`` (auto | cpu | cuda) its
+    device; None keeps the config's).
     """
     run_dir = Path(run_dir)
     imitation = imitation or ImitationConfig()
@@ -560,6 +602,8 @@ def train_student(student: StudentName, ds: SequenceDataset, preset: Preset, run
     cfg = train or train_config(student, preset, seed, progress)
     if epochs is not None:
         cfg = dataclasses.replace(cfg, epochs=epochs)
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=device)
     if not resume:
         _clear_run(run_dir)
     torch.manual_seed(seed)  # model initialisation

@@ -48,6 +48,7 @@ from models.consistency import VARIANTS as TASKS
 from models.consistency import ConsistencyConfig, SequencePool, build_consistency
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from protocol import SequenceDataset, load_dataset, load_or_create_negatives, pad_left, train_sequences
+from training.cli import init_distributed, parse_override
 from training.students import ImitationConfig, StudentTask
 from training.students import train_config as student_train_config
 from training.trainer import TrainConfig, TrainTask, dist_info, fit
@@ -335,12 +336,15 @@ def run_info(variant: str, preset: str, setup: TeacherSetup) -> dict[str, Any]:
 
 def train_teacher(variant: str, ds: SequenceDataset, preset: str, run_dir: str | os.PathLike, seed: int = 42,
                   resume: bool = True, overrides: dict[str, Any] | None = None, progress: bool = True,
-                  backbone: Backbone = "bert4rec") -> dict[str, Any]:
+                  backbone: Backbone = "bert4rec", device: str | None = None) -> dict[str, Any]:
     """Train one teacher into ``run_dir`` (a finished run is returned as is); returns its metrics.
 
+    ``device`` (auto | cpu | cuda) sets ``TrainConfig.device``; None keeps the setup's (an override or auto).
     Under DDP every rank calls this; only rank 0 writes and returns metrics (the others return {}).
     """
     setup = resolve_setup(variant, preset, ds.num_items, seed, overrides, progress, backbone)
+    if device is not None:
+        setup.train = dataclasses.replace(setup.train, device=device)
     task = build_teacher(variant, ds, setup)
     rank, world = dist_info()
     if world > 1 and rank != 0:
@@ -356,28 +360,6 @@ def train_teacher(variant: str, ds: SequenceDataset, preset: str, run_dir: str |
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int]:
-    """Join the process group when launched by torchrun with WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-    return dist_info()
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.teachers", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -393,7 +375,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="continue from the run's checkpoint; a finished run is kept as is (default)")
     g.add_argument("--fresh", dest="resume", action="store_false", help="ignore any checkpoint and train from scratch")
     p.add_argument("--data-dir", default=None, help="data folder (default: $SSI_DATA_DIR, else ./data)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override, metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
                    help="override a model/trainer/cloze/consistency config field, e.g. --set dim=128 --set lr=5e-4")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads per process (default: torch's choice; 1 helps on a busy machine)")

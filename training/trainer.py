@@ -60,9 +60,8 @@ class TrainConfig:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: ``$SSI_DEVICE`` when set (``run_all --device`` sets it), else CUDA when present, else CPU."""
-    if name == "auto":
-        name = os.environ.get("SSI_DEVICE", "auto")
+    """``TrainConfig.device`` -> a torch device: ``auto`` is CUDA when present, else CPU; any other name as
+    given. The device comes only from the config (``run_all --device`` passes it down as an argument)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -32,7 +32,7 @@ def as_tensor(seqs: list[np.ndarray], width: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 def test_registry_and_presets(name):
     cls = MODELS[name]
-    assert cls.model_name == name and cls.fixed_length is False and cls.uses_user is False
+    assert (cls.model_name, cls.fixed_length, cls.uses_user) == (name, False, False)
     for preset in ("smoke", "cpu", "paper"):
         cfg = cls.config_class.preset(preset, num_items=N)
         assert cfg.num_items == N

@@ -36,7 +36,7 @@ def test_smoke_run_learns_and_writes_its_run(name, smoke_runs, pattern_ds):
     # the next item is always last + 1: a trained model is far above chance (~0.045)
     assert metrics["test"]["sampled"]["ndcg@10"] > 3 * RANDOM_NDCG10, metrics["test"]["sampled"]
     model, info = load_run_model(run_dir)
-    assert model.model_name == name.removesuffix("_ce") and info["dataset"] == pattern_ds.name
+    assert (model.model_name, info["dataset"]) == (name.removesuffix("_ce"), pattern_ds.name)
     assert info["baseline"] == name
 
 

@@ -1,39 +1,45 @@
-"""The servable contract, checked on every model in ``models.MODELS`` (students, teachers, baselines).
+"""The model contracts (``models.contracts``), checked on every model in ``models.MODELS``.
 
 A model registered later is picked up automatically: it is built as
-``cls(cls.config_class.preset("smoke", num_items=..., [num_users=...]))``.
+``cls(cls.config_class.preset("smoke", num_items=..., [num_users=...]))`` and must meet
+``ServableEncoder`` (``isinstance`` with the runtime-checkable protocol, then the numbers:
+``encode @ item_vectors.T == scores``); a class with ``training_examples`` must meet ``Student``.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from models import MODELS
+from models import MODELS, ModelConfig
+from models.contracts import PrefixStudent, ServableEncoder, Student, WindowStudent, missing, student_problems
 from training.runs import load_run_model, save_best, write_model_config
 from training.scoring import ContractScorer
 
+ROOT = Path(__file__).resolve().parents[2]
 N_ITEMS, N_USERS = 40, 9
-SERVABLE = sorted(n for n, c in MODELS.items() if hasattr(c, "encode") and hasattr(c, "item_vectors"))
+NAMES = sorted(MODELS)
+STUDENTS = sorted(n for n, c in MODELS.items() if hasattr(c, "training_examples"))
+# every preset's values as they were when the results were produced (num_items/num_users come from data)
+PINNED_PRESETS = json.loads((Path(__file__).with_name("model_presets.json")).read_text())
 
 
-def own_scores(model, history, user):
-    """The model's own scores over items 1..N, by a path other than encode @ item_vectors (where known).
-
-    Add an entry here when a model has a separate scoring path; the contract checks it against the
-    inner product."""
-    paths = {"hgn": lambda: model(history, user), "gru4rec": lambda: model(history)}
-    return paths[model.model_name]() if model.model_name in paths else None
+def sizes_for(cls) -> dict[str, int]:
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    return {"num_items": N_ITEMS} | ({"num_users": N_USERS} if "num_users" in fields else {})
 
 
 def build(name: str):
     cls = MODELS[name]
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    sizes = {"num_items": N_ITEMS} | ({"num_users": N_USERS} if "num_users" in fields else {})
     torch.manual_seed(0)
-    model = cls(cls.config_class.preset("smoke", **sizes)).eval()
+    model = cls(cls.config_class.preset("smoke", **sizes_for(cls))).eval()
     perturb(model)
     return model
 
@@ -64,40 +70,100 @@ def users(model) -> torch.Tensor | None:
     return torch.tensor([1, 4, 9, 2]) if model.uses_user else None
 
 
-@pytest.fixture(params=SERVABLE)
+@pytest.fixture(params=NAMES)
 def model(request):
     return build(request.param)
 
 
-def test_registry_has_the_students():
-    assert {"hgn", "gru4rec"} <= set(SERVABLE)
+@pytest.fixture(params=STUDENTS)
+def student(request):
+    return build(request.param)
 
 
-def test_class_attributes_and_presets(model):
+# ---- the registry -----------------------------------------------------------------------------------
+def test_registry_has_every_model_and_the_students():
+    assert set(NAMES) == {"bert4rec", "hgn", "gru4rec", "sasrec", "s3rec", "grec"}
+    assert STUDENTS == ["gru4rec", "hgn"]
+
+
+def test_a_missing_model_file_is_an_import_error():
+    """No silent registry: ``import models`` fails when a model module cannot be found. (A None entry in
+    ``sys.modules`` is how a missing module looks to the import system; a copy of the package without the
+    file would not do, the editable install still finds the checkout's.)"""
+    code = ("import sys\nsys.modules['models.hgn'] = None\n"
+            "try:\n    import models\nexcept ImportError as e:\n    print(e)\n    sys.exit(3)\n"
+            "print('imported without error:', sorted(models.MODELS))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 3 and "models.hgn" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_no_caller_branches_on_a_model_name():
+    pattern = re.compile(r"model_name\s*(==|!=|\bin\b)")
+    hits = [f"{p.relative_to(ROOT)}:{i}" for pkg in ("training", "export", "serving", "loadtest", "models")
+            for p in sorted((ROOT / pkg).rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, f"branch on the contract's members instead of a model's name: {hits}"
+
+
+# ---- the protocols ----------------------------------------------------------------------------------
+def test_every_model_is_a_servable_encoder(model):
+    assert isinstance(model, ServableEncoder), missing(model, ServableEncoder)
     cls = type(model)
     assert MODELS[cls.model_name] is cls
-    assert dataclasses.is_dataclass(cls.config_class) and isinstance(model.config, cls.config_class)
     assert isinstance(cls.fixed_length, bool) and isinstance(cls.uses_user, bool)
+    assert issubclass(cls.config_class, ModelConfig) and isinstance(model.config, cls.config_class)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    assert "num_items" in fields and (("num_users" in fields) == cls.uses_user)
+    assert ("num_users" in fields) == cls.uses_user
     if cls.fixed_length:
         assert "max_len" in fields
-    for preset in ("smoke", "cpu", "paper"):
-        sizes = {"num_items": 123} | ({"num_users": 7} if cls.uses_user else {})
-        cfg = cls.config_class.preset(preset, **sizes)
-        assert cfg.num_items == 123
 
 
+def test_every_student_meets_the_student_contract(student):
+    assert isinstance(student, Student) and student_problems(student) == []
+    assert student.default_loss in ("bpr", "ce")
+    kind = {"windows": WindowStudent, "prefixes": PrefixStudent}[student.training_examples]
+    assert isinstance(student, kind)
+    with torch.no_grad():
+        table = student.output_items()
+    assert table.shape[0] == N_ITEMS and table.dtype == torch.float32
+
+
+def test_the_protocols_catch_a_missing_member():
+    class NoScores(torch.nn.Module):
+        model_name, config_class, fixed_length, uses_user = "x", ModelConfig, False, False
+
+        def __init__(self):
+            super().__init__()
+            self.config = ModelConfig(num_items=3)
+
+        def encode(self, history, user=None):
+            return history.float()
+
+        def item_vectors(self):
+            return torch.zeros(3, 1)
+
+    m = NoScores()
+    assert not isinstance(m, ServableEncoder) and missing(m, ServableEncoder) == ["ServableEncoder.scores"]
+    sasrec = build("sasrec")  # servable, not a student
+    assert isinstance(sasrec, ServableEncoder) and not isinstance(sasrec, Student)
+    assert student_problems(sasrec)  # names what it lacks
+    with pytest.raises(TypeError, match="student contract"):
+        from training.students import example_scheme
+
+        example_scheme(sasrec)
+
+
+# ---- the numbers ------------------------------------------------------------------------------------
 def test_shapes_and_inner_product_equals_own_scores(model):
     h, u = histories(model), users(model)
     with torch.no_grad():
         q, items = model.encode(h, u), model.item_vectors()
-        own = own_scores(model, h, u)
+        own = model.scores(h, u)
     assert q.dtype == torch.float32 and items.dtype == torch.float32
     assert q.shape[0] == 4 and items.shape == (N_ITEMS, q.shape[1])
+    assert own.shape == (4, N_ITEMS)
     assert torch.isfinite(q).all() and torch.isfinite(items).all()
-    if own is not None:
-        torch.testing.assert_close(q @ items.T, own, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q @ items.T, own, rtol=1e-5, atol=1e-5)
 
 
 def test_rows_do_not_depend_on_the_batch(model):
@@ -153,3 +219,33 @@ def test_run_folder_round_trip(model, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(h, u), model.encode(h, u), rtol=0, atol=0)
         torch.testing.assert_close(loaded.item_vectors(), model.item_vectors(), rtol=0, atol=0)
+
+
+# ---- configs (models.config.ModelConfig) ------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_presets_keep_their_values_and_saved_configs_load(name):
+    cls = MODELS[name].config_class
+    assert set(cls.PRESETS) == {"smoke", "cpu", "paper"}
+    sizes = sizes_for(MODELS[name])
+    for preset, values in PINNED_PRESETS[name].items():
+        cfg = cls.preset(preset, **sizes)
+        saved = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as model_config.json holds it
+        assert next(iter(saved)) == "num_items"
+        assert {k: v for k, v in saved.items() if k not in sizes} == values, f"{name} {preset} preset changed"
+        assert cls(**saved) == cfg  # read back
+        assert cls.preset(preset, **sizes, max_len=7 if name == "hgn" else 30).max_len in (7, 30)  # overrides
+    with pytest.raises(ValueError, match="unknown preset"):
+        cls.preset("huge", **sizes)
+    with pytest.raises(ValueError, match="num_items must be >= 1"):
+        cls.preset("smoke", **(sizes | {"num_items": 0}))
+    cfg = cls.preset("smoke", **sizes)
+    assert cfg.replace(num_items=N_ITEMS + 1).num_items == N_ITEMS + 1 and cfg.num_items == N_ITEMS
+    with pytest.raises(ValueError, match="num_items"):
+        cfg.replace(num_items=0)
+
+
+def test_a_gru4rec_config_saved_before_num_negatives_loads():
+    saved = {"num_items": 12, "dim": 16, "hidden": 16, "num_layers": 1, "dropout": 0.1, "max_len": 20,
+             "special_tokens": 0}
+    cfg = MODELS["gru4rec"].config_class(**saved)
+    assert cfg.num_negatives == 3  # the value the BPR loss always used for GRU4Rec

@@ -68,7 +68,7 @@ def test_mean_target_is_one_kl_to_the_averaged_distribution(student_ds, teacher_
     batch = first_batch(task)
     terms = task(batch)
     assert "kl_mean" in terms and not any(k in terms for k in ("kl_temporal", "kl_persona"))
-    q, targets, example = task.queries(batch)
+    q, _, example = task.queries(batch)
     log_q = F.log_softmax(q @ task.model.item_vectors().T, 1)
     p = torch.stack([task.teacher_probs(t, example)[0] for t in task.teachers.values()]).mean(0)
     torch.testing.assert_close(terms["kl_mean"], kl_rows(log_q, p).mean())

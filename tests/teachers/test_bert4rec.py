@@ -26,7 +26,7 @@ def history(b: int = 5, width: int = 20, seed: int = 1) -> torch.Tensor:
 
 def test_registry_and_class_attributes() -> None:
     assert MODELS["bert4rec"] is BERT4Rec
-    assert BERT4Rec.model_name == "bert4rec" and BERT4Rec.config_class is BERT4RecConfig
+    assert (BERT4Rec.model_name, BERT4Rec.config_class) == ("bert4rec", BERT4RecConfig)
     assert BERT4Rec.fixed_length is False and BERT4Rec.uses_user is False
 
 

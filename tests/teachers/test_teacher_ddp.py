@@ -24,11 +24,13 @@ def _worker(rank: int, port: int, data: str, run_dir: str, out_dir: str) -> None
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from protocol import load_dataset
-    from training.teachers import build_teacher, init_distributed, resolve_setup
+    from training.cli import init_distributed
+    from training.teachers import build_teacher, resolve_setup
     from training.trainer import fit
 
     try:
         assert init_distributed() == (rank, WORLD) and dist.get_backend() == "gloo"
+        assert init_distributed() == (rank, WORLD)  # a second call (run_all, then the teacher) joins nothing new
         ds = load_dataset(data)
         setup = resolve_setup("temporal", "smoke", ds.num_items, seed=7, overrides={"batch_size": 16}, progress=False)
         task = build_teacher("temporal", ds, setup)
