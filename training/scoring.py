@@ -29,7 +29,7 @@ class ContractScorer:
         self.model.eval()
         h = torch.as_tensor(histories, dtype=torch.long, device=self.device)  # (B, L)
         u = None
-        if getattr(self.model, "uses_user", False) and not self.anonymous:
+        if self.model.uses_user and not self.anonymous:
             u = torch.as_tensor(users, dtype=torch.long, device=self.device) + 1  # (B,)
         q = self.model.encode(h, u).float()  # (B, D')
         self.model.train(was)

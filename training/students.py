@@ -553,14 +553,19 @@ class StudentTask(TrainTask):
 HGN_WEIGHT_DECAY = 1e-3 / (4096 * 3)
 
 
+# per student: (weight decay, batch size, smoke batch size); batch = HGN windows or GRU4Rec sequences
+STUDENT_OPTIM: dict[str, tuple[float, int, int]] = {"hgn": (HGN_WEIGHT_DECAY, 256, 512), "gru4rec": (0.0, 128, 64)}
+
+
 def train_config(student: StudentName, preset: Preset, seed: int = 42, progress: bool = True) -> TrainConfig:
     """Adam lr 1e-3 for both; HGN with the paper's L2 rescaled to a mean loss (``HGN_WEIGHT_DECAY``).
     Batch = examples (HGN windows) or sequences (GRU4Rec; each holds all its prefixes, ~6 on Beauty)."""
-    wd = HGN_WEIGHT_DECAY if student == "hgn" else 0.0
-    bs = 256 if student == "hgn" else 128
+    if student not in STUDENT_OPTIM:
+        raise ValueError(f"unknown student {student!r}; expected one of {', '.join(STUDENT_OPTIM)}")
+    wd, bs, smoke_bs = STUDENT_OPTIM[student]
     by_preset = {
         # smoke: big batches, so that a LastFM epoch (~50k windows / prefixes) is a few hundred steps
-        "smoke": TrainConfig(epochs=2, patience=2, batch_size=512 if student == "hgn" else 64, eval_batch_size=256),
+        "smoke": TrainConfig(epochs=2, patience=2, batch_size=smoke_bs, eval_batch_size=256),
         "cpu": TrainConfig(epochs=100, patience=5, batch_size=bs),
         "paper": TrainConfig(epochs=200, patience=10, batch_size=bs),
     }
