@@ -14,53 +14,68 @@ ifneq ($(strip $(SSI_DATA_DIR)),)
 export SSI_DATA_DIR
 endif
 DATASET ?= lastfm
-PRESET ?= smoke
+PRESET ?= cpu
+MAX_EPOCHS ?= 6
 PORT ?= 8000
+EXPORT_OUT ?= artifacts/serving
 
-.PHONY: help venv data run train serve test bench loadtest lint clean
+.PHONY: help venv venv-dev data run train serve test bench loadtest lint clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
+# Two steps: what `make run` needs (the package + the cpu/gpu extra), then the test/load-test/dev tools for
+# `make test`. pip installs torch (on CPU machines the pinned CPU wheel, which pip finds on local disk here)
+# and uv, then uv installs the rest (~4 s instead of ~30 s with pip, measured on this 2-core machine).
 $(VENV)/.installed-$(EXTRA): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(if $(filter 0,$(HAS_GPU)),$(PY) -m pip install -q torch==2.13.0,)
-	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[$(EXTRA),test,loadtest,dev]"
+	$(PY) -m pip install -q $(if $(filter 0,$(HAS_GPU)),torch==2.13.0,) uv
+	$(VENV)/bin/uv pip install -q --python $(PY) $(CONSTRAINTS) -e ".[$(EXTRA)]"
 	touch $@
 
-venv: $(VENV)/.installed-$(EXTRA)  ## create .venv and install (cpu or gpu extra, chosen automatically)
+$(VENV)/.installed-dev: $(VENV)/.installed-$(EXTRA)
+	$(VENV)/bin/uv pip install -q --python $(PY) $(CONSTRAINTS) -e ".[$(EXTRA),test,loadtest,dev]"
+	touch $@
+
+venv: $(VENV)/.installed-$(EXTRA)  ## create .venv with what training and serving need (cpu or gpu extra, chosen automatically)
+
+venv-dev: $(VENV)/.installed-dev  ## venv + the test, load-test and lint tools
 
 data: venv  ## make sure DATASET is in the data folder (downloads the public file, checksum-verified, if missing)
 	@$(PY) -m training.data info $(DATASET) >/dev/null 2>&1 || $(PY) -m training.data download $(DATASET)
 
-# `make run` trains the rows needed to serve SSI-HGN (MostPop, HGN alone, three teachers, SSI-HGN);
+# `make run`: a quick run on LastFM at the cpu sizes with epochs capped at MAX_EPOCHS: MostPop, HGN (BPR) and
+# HGN (CE) alone, a GRU consistency teacher and the HGN-CE student distilled from it; it prints their table,
+# exports the student with the best validation NDCG@10 (saying whether that is the distilled one) and serves it.
 # RUN_MODELS= (empty) trains the whole catalogue of run_all.
-RUN_MODELS ?= mostpop hgn ssi_hgn
-train: data  ## run_all on DATASET with PRESET (default: smoke on lastfm), then export the best SSI student
-	$(PY) training/run_all.py --preset $(PRESET) --datasets $(DATASET) --out artifacts/runs-$(PRESET) \
-		--export-out artifacts/serving $(if $(strip $(RUN_MODELS)),--models $(RUN_MODELS),)
+RUN_MODELS ?= mostpop hgn hgn_ce ssi_hgn_ce_gru_temporal
+RUN_OUT ?= artifacts/runs-$(PRESET)$(if $(strip $(MAX_EPOCHS)),-e$(MAX_EPOCHS),)
+train: data  ## run_all on DATASET with PRESET (default: cpu on lastfm, MAX_EPOCHS=6), then export the best student
+	$(PY) training/run_all.py --preset $(PRESET) --datasets $(DATASET) --out $(RUN_OUT) --seeds 42 \
+		--export-out $(EXPORT_OUT) $(if $(strip $(MAX_EPOCHS)),--max-epochs $(MAX_EPOCHS),) \
+		$(if $(strip $(RUN_MODELS)),--models $(RUN_MODELS),)
 
 serve: venv  ## start the server on the latest artifact
 	$(PY) -m serving --port $(PORT)
 
-run: train  ## set-up + train quick preset + export + serve (command 1 of the README)
+run: train  ## set-up + quick training + export + serve (command 1 of the README)
 	@echo
 	@echo "Server starting on http://127.0.0.1:$(PORT)  (docs: http://127.0.0.1:$(PORT)/docs)"
-	@echo "Try:  curl -s -X POST http://127.0.0.1:$(PORT)/recommend -H 'content-type: application/json' -d '{\"history\": [1, 2, 3], \"k\": 5}'"
+	@echo "Try (a real user's history from $(DATASET)):"
+	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/recommend -H 'content-type: application/json' -d '$$(cat $(EXPORT_OUT)/example_request.json)'"
 	@echo
 	$(PY) -m serving --port $(PORT)
 
-test: venv  ## the test suite (command 2 of the README; what CI runs)
+test: venv-dev  ## the test suite (command 2 of the README; what CI runs)
 	$(PY) -m pytest -q
 
-bench: venv  ## serving benchmark (not part of the tests)
+bench: venv-dev  ## serving benchmark (not part of the tests)
 	$(PY) -m loadtest.bench
 
-loadtest: venv  ## 2-minute locust run against a running server on PORT
+loadtest: venv-dev  ## 2-minute locust run against a running server on PORT
 	$(PY) -m loadtest.run --url http://127.0.0.1:$(PORT) --duration 120 --users 50
 
-lint: venv
+lint: venv-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint Dockerfile
 

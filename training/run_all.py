@@ -182,8 +182,9 @@ def teacher_name(ref: str) -> str:
 
 
 def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool, seeds: list[int],
-            device: str = "auto") -> dict[str, Any]:
-    """Train (or load, when finished) one run on ``device`` (auto | cpu | cuda; MostPop and ensembles: CPU)."""
+            device: str = "auto", max_epochs: int | None = None) -> dict[str, Any]:
+    """Train (or load, when finished) one run on ``device`` (auto | cpu | cuda; MostPop and ensembles: CPU);
+    ``max_epochs`` caps the preset's epochs of teachers and students."""
     spec, run_dir = CATALOG[run.model], run.dir(out)
     if spec.mostpop:
         from training.mostpop import train_mostpop
@@ -192,7 +193,7 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
     if spec.teacher is not None:
         from training.teachers import train_teacher
 
-        over = {"n_layers": run.layers} if run.layers else None
+        over = ({"n_layers": run.layers} if run.layers else {}) | ({"epochs": max_epochs} if max_epochs else {})
         return train_teacher(spec.teacher, ds, preset, run_dir, seed=run.seed, resume=resume, overrides=over,
                              backbone=spec.backbone, device=device)
     if spec.baseline is not None:
@@ -212,7 +213,7 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
     # training/teacher_cache.py); on a GPU the per-batch matmul is cheaper than reading them back.
     imitation = dataclasses.replace(spec.imitation, cache_probs=preset == "cpu")
     return train_student(spec.student, ds, preset, run_dir, teacher_dirs=teacher_dirs, imitation=imitation,
-                         loss=spec.loss, seed=run.seed, resume=resume, device=device)
+                         loss=spec.loss, seed=run.seed, resume=resume, device=device, epochs=max_epochs)
 
 
 def check_writable(out: Path) -> None:
@@ -350,6 +351,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the runs of the plan that are finished "
                         "(the others are listed as missing); no export")
+    p.add_argument("--max-epochs", type=int, default=None, metavar="N",
+                   help="cap the preset's epochs of teachers and students (a quick run; use its own --out)")
     p.add_argument("--update-readme", type=Path, default=None, metavar="README",
                    help="replace the results block of this README (between its results markers) with the "
                         "report's summary.md")
@@ -404,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.time()
         if world > 1:  # DDP ranks train each run together; a lock per process would split them
-            m = execute(run, ds, preset, args.out, args.resume, seeds, args.device)
+            m = execute(run, ds, preset, args.out, args.resume, seeds, args.device, args.max_epochs)
         else:
             with run_lock(run.dir(args.out)) as holder:
                 if holder is not None:
@@ -412,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                                 run.dataset, run.name, run.seed, holder)
                     missing.append(run)
                     continue
-                m = execute(run, ds, preset, args.out, args.resume, seeds, args.device)
+                m = execute(run, ds, preset, args.out, args.resume, seeds, args.device, args.max_epochs)
         if rank != 0:
             continue
         tag_variant(run.dir(args.out), run.name)
@@ -447,11 +450,35 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         log.warning("%d planned runs are not finished and are not in the report: %s", len(missing),
                     ", ".join(f"{r.dataset}/{r.name}/seed{r.seed}" for r in missing))
+    first = runs[0].dataset
+    from training.report import validation_table
+
+    shown = [r for r in runs if r.dataset == first and r in results]
+    print(f"\n{first}: the runs of this invocation, NDCG@10 (choices are made on validation)\n"
+          + validation_table(shown, results, list(dict.fromkeys(r.name for r in shown))), flush=True)
     if not args.no_export and not args.report_only:
-        artifact = export_best(results, runs[0].dataset, args.out, args.export_out)
+        artifact = export_best(results, first, args.out, args.export_out)
         if artifact:
-            log.info("artifact ready to serve: %s  (python -m serving)", artifact)
+            example = write_example_request(datasets[first], args.export_out)
+            log.info("artifact ready to serve: %s  (python -m serving); a real user's request: %s", artifact, example)
     return 0
+
+
+def write_example_request(ds: SequenceDataset, export_out: Path) -> Path:
+    """``<export_out>/example_request.json``: the first user's test history (its last 10 items), in the ids the
+    server speaks (the raw ids of ``NAME_id_map.json`` when the dataset has one), for the README's curl."""
+    import json
+
+    from protocol import eval_examples
+
+    history = [int(i) for i in eval_examples(ds, "test")[0][0][-10:]]
+    id_map = ds.path.with_name(f"{ds.path.stem}_id_map.json")
+    if id_map.is_file():
+        raw = json.loads(id_map.read_text(encoding="utf-8"))["item_ids"]
+        history = [raw[i - 1] for i in history]
+    path = export_out / "example_request.json"
+    path.write_text(json.dumps({"history": history, "k": 5}) + "\n", encoding="utf-8")
+    return path
 
 
 if __name__ == "__main__":
