@@ -185,13 +185,35 @@ def best_alone(runs, results, dataset: str) -> tuple[str, float] | None:
     return max(scores.items(), key=lambda kv: kv[1]) if scores else None
 
 
-def summary(runs, results, gain_md: str) -> str:
+def value_table(latency_json: Path) -> str:
+    """"What distillation buys": quality beside serving cost, from ``python -m export.latency`` (one run,
+    models interleaved; ratios to its first run). Empty when the file is missing."""
+    if not latency_json.is_file():
+        return ""
+    doc = json.loads(latency_json.read_text())
+    ref = doc.get("reference", doc["rows"][0]["label"])
+    md = [(f"Serving cost measured in one run of `python -m export.latency` ({doc.get('created_at', '')}; ONNX "
+          f"Runtime CPU, {doc.get('settings', {}).get('threads', 1)} thread; ratios to `{ref}`, median over "
+          "interleaved rounds):"), "",
+          ("| row | test sampled N@10 | test full N@10 | encode, 1 request | encode, batch 32 | parameters | "
+          "artifact |"), "|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        md.append(f"| {r['label']} | {r['test_sampled_ndcg@10']:.4f} | {r['test_full_ndcg@10']:.4f} | "
+                  f"{r['encode_b1_ratio']:.2f}x ({r['encode_b1_ms'] * 1000:.0f} us) | "
+                  f"{r['encode_b32_ratio']:.2f}x ({r['encode_b32_ms'] * 1000:.0f} us) | {r['params'] / 1e3:.0f} k | "
+                  f"{r['artifact_bytes'] / 2**20:.2f} MiB |")
+    return "\n".join(md) + "\n"
+
+
+def summary(runs, results, gain_md: str, value_md: str = "") -> str:
     """The README's results block: teachers against the students alone, the imitation gain, the options."""
     parts = ["#### Teachers and ensembles against the students trained alone (NDCG@10)",
              validation_table(runs, results, list(ALONE), ("teacher_", "ensemble_")),
              "#### Imitation gain: with imitation minus the same student alone, paired by seed (test)", gain_md,
              "#### Imitation options (HGN-CE student, GRU teachers), chosen on validation",
              validation_table(runs, results, ["hgn_ce", "ssi_hgn_ce_gru", "kd_hgn_ce_gru4rec"], ("ssi_hgn_ce_gru_",))]
+    if value_md:
+        parts += ["#### The value of distillation: quality against serving cost", value_md]
     for ds in sorted({r.dataset for r in runs if r in results}):
         best = best_alone(runs, results, ds)
         if best:
@@ -309,7 +331,10 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     gain_md, gain_rows = gains(runs, results)
     atomic_write_text(report / "gains.md", "# SSI gain: with imitation minus the same student alone (test)\n\n"
                       "Paired by seed: mean ± std of the per-seed differences.\n\n" + gain_md)
-    atomic_write_text(report / "summary.md", summary(runs, results, gain_md))
+    value_md = value_table(out / "latency.json")  # written by `python -m export.latency ... --out <out>/latency.json`
+    if value_md:
+        atomic_write_text(report / "value.md", "# The value of distillation\n\n" + value_md)
+    atomic_write_text(report / "summary.md", summary(runs, results, gain_md, value_md))
     figures = {"fig3": fig3(sampled, report / "fig3.png"), "fig4": fig4(runs, results, report / "fig4.png")}
     figures["curves"] = curves(runs, out, report)
     doc: dict[str, Any] = {
