@@ -153,14 +153,15 @@ class Step:
 
 
 def measure(server: ManagedServer, users: int, seconds: float, traffic: TrafficConfig, prefix: Path,
-            rate: float = 0.0) -> Step:
-    """One bounded locust run (closed loop, or a fixed total ``rate``) with server and machine CPU."""
+            rate: float = 0.0, loadgen_cpus: str = "") -> Step:
+    """One bounded locust run (closed loop, or a fixed total ``rate``) with server and machine CPU; locust
+    pinned to ``loadgen_cpus`` (taskset) when given."""
     import psutil
 
     t = traffic.replace(rate_per_user=rate / users if rate > 0 else 0.0)
     sampler = ResourceSampler([server.pid], None, interval=0.5).start()
     psutil.cpu_percent(interval=None)
-    stats = run_locust(server.url, users, seconds, t, prefix)
+    stats = run_locust(server.url, users, seconds, t, prefix, cpus=loadgen_cpus)
     machine = psutil.cpu_percent(interval=None) / 100.0
     samples = sampler.stop()
     cpu = math.nan
@@ -171,12 +172,12 @@ def measure(server: ManagedServer, users: int, seconds: float, traffic: TrafficC
 
 
 def step_users(server: ManagedServer, traffic: TrafficConfig, users: list[int], seconds: float,
-               p99_limit: float, prefix: Path, log: Any) -> tuple[list[Step], Step | None]:
+               p99_limit: float, prefix: Path, log: Any, loadgen_cpus: str = "") -> tuple[list[Step], Step | None]:
     """Step the closed-loop user count up; stop after two steps in a row over the p99 limit."""
     steps: list[Step] = []
     over = 0
     for u in users:
-        s = measure(server, u, seconds, traffic, prefix.with_name(f"{prefix.name}-u{u}"))
+        s = measure(server, u, seconds, traffic, prefix.with_name(f"{prefix.name}-u{u}"), loadgen_cpus=loadgen_cpus)
         steps.append(s)
         log(f"    users {u:>3}: {s.rps:7.0f} req/s  p50 {s.p50_ms:4.0f} ms  p99 {s.p99_ms:4.0f} ms  "
             f"fail {s.failures}  server CPU {s.server_cpu:.2f}  machine {s.machine_cpu:.0%}")
@@ -321,17 +322,51 @@ def compute_ratios(servers: list[dict[str, Any]]) -> dict[str, float]:
     ours = by.get("ours")
     if ours is None:
         return out
-    for other in ("floor", "naive"):
+    for other in ("floor", "naive", "floor-fastapi"):
         o = by.get(other)
         if o is None:
             continue
-        if ours.get("best") and o.get("best"):
+        if ours.get("best") and o.get("best"):  # (floor-fastapi has no steps: CPU only)
             out[f"ours_over_{other}"] = ours["best"]["rps"] / o["best"]["rps"]
         if ours["steps"] and o["steps"]:
             out[f"peak_ours_over_{other}"] = peak(ours) / peak(o)
         mine, theirs = cpu_per_request_us(ours.get("moderate")), cpu_per_request_us(o.get("moderate"))
         if not (math.isnan(mine) or math.isnan(theirs)) and mine > 0:
             out[f"cpu_ours_vs_{other}"] = theirs / mine
+    return out
+
+
+TARGETS = {  # issue 19, for one bench run on the 2-core machine
+    "ours_over_floor": 0.6, "ours_over_naive": 4.0, "single_request_us": 1000.0, "idle_queue_us": 100.0,
+    "cpu_vs_floor": 1.6,
+}
+
+
+def evaluate_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its measured value and whether this run met it (None: not measured)."""
+    r = res.get("ratios", {})
+    bd = res.get("breakdown") or {}
+    total = (bd.get("server_total") or {}).get("mean_us")
+    queue = ((bd.get("stages") or {}).get("queue") or {}).get("mean_us")
+    cpu = r.get("cpu_ours_vs_floor")
+    rows = [
+        ("ours / floor, max req/s at the p99 limit", ">= 0.6", r.get("ours_over_floor"), lambda v: v >= 0.6, "{:.2f}"),
+        ("ours / naive, max req/s at the p99 limit", ">= 4", r.get("ours_over_naive"), lambda v: v >= 4.0, "{:.2f}"),
+        ("single request, server total (mean, batch 1)", "<= 1000 us", total, lambda v: v <= 1000.0, "{:.0f} us"),
+        ("single request, queue wait (mean, idle server)", "near 0 (<= 100 us)", queue, lambda v: v <= 100.0,
+         "{:.0f} us"),
+        ("server CPU per request, ours / floor (at the moderate rate)", "<= 1.6x",
+         1.0 / cpu if cpu else None, lambda v: v <= 1.6, "{:.2f}x"),
+    ]
+    fa = r.get("cpu_ours_vs_floor-fastapi")
+    if fa:
+        rows.append(("server CPU per request, ours / the FastAPI-route floor (the floor of the earlier runs)",
+                     "<= 1.6x", 1.0 / fa, lambda v: v <= 1.6, "{:.2f}x"))
+    out = []
+    for name, target, value, ok, fmt in rows:
+        bad = value is None or (isinstance(value, float) and math.isnan(value))
+        out.append({"target": name, "goal": target, "value": None if bad else value,
+                    "text": "n/a" if bad else fmt.format(value), "met": None if bad else bool(ok(value))})
     return out
 
 
@@ -347,7 +382,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"exclude_seen {c['exclude_seen_share']:.0%}, candidates {c['candidates_share']:.0%}, "
         f"batch {c['batch_share']:.0%} x{c['batch_size']}, cold {c['cold_share']:.0%}); every answer checked. "
         f"Steps of {c['step_seconds']:.0f} s; p99 limit {c['p99_limit_ms']:.0f} ms; "
-        f"moderate load {c['moderate_rate']:.0f} req/s for {c['moderate_seconds']:.0f} s."),
+        f"moderate load {c['moderate_rate']:.0f} req/s for {c['moderate_seconds']:.0f} s; load generator "
+        + (f"pinned to CPU {c['loadgen_cpus']} (taskset)." if c.get("loadgen_cpus") else "not pinned.")),
         "",
         (f"| server | max req/s at p99 <= {c['p99_limit_ms']:.0f} ms | users | p50 / p99 there (ms) | "
          f"peak req/s (any p99) | p50 / p99 at {c['moderate_rate']:.0f} req/s (ms) | server CPU per request at "
@@ -362,18 +398,21 @@ def render_markdown(res: dict[str, Any]) -> str:
         fails = sum(x["failures"] for x in s["steps"]) + (m["failures"] if m else 0)
         peak = max((x["rps"] for x in s["steps"] if not x["failures"]), default=math.nan)
         lines.append(
-            f"| {s['label']} | {_f(b['rps']) if b else 'none'} | {b['users'] if b else '-'} | "
+            f"| {s['label']} | {_f(b['rps']) if b else ('none' if s['steps'] else '-')} | {b['users'] if b else '-'} | "
             f"{_f(b['p50_ms']) if b else '-'} / {_f(b['p99_ms']) if b else '-'} | {_f(peak)} | "
             f"{_f(m['p50_ms']) if m else '-'} / {_f(m['p99_ms']) if m else '-'} | "
             f"{_f(cpu_per_request_us(m)) if m else '-'} | {fails} |")
     r = res.get("ratios", {})
     lines += ["", "| ratio | ours / floor | ours / naive |", "|---|---|---|",
-              (f"| max throughput at the p99 limit (targets: >= 0.8, >= 2) | {_f(r.get('ours_over_floor'), '{:.2f}')} | "
+              (f"| max throughput at the p99 limit (targets: >= 0.6, >= 4) | {_f(r.get('ours_over_floor'), '{:.2f}')} | "
               f"{_f(r.get('ours_over_naive'), '{:.2f}')} |"),
               (f"| peak throughput, any p99 | {_f(r.get('peak_ours_over_floor'), '{:.2f}')} | "
               f"{_f(r.get('peak_ours_over_naive'), '{:.2f}')} |"),
               (f"| server CPU efficiency (its CPU per request / ours) | {_f(r.get('cpu_ours_vs_floor'), '{:.2f}')} | "
               f"{_f(r.get('cpu_ours_vs_naive'), '{:.2f}')} |")]
+    if r.get("cpu_ours_vs_floor-fastapi"):
+        lines.append(f"| server CPU efficiency against the FastAPI-route floor (its CPU per request / ours) | "
+                     f"{_f(r['cpu_ours_vs_floor-fastapi'], '{:.2f}')} | |")
     bd = res.get("breakdown")
     if bd:
         lines += ["", (f"Single-request latency breakdown (ours, {bd['requests']} sequential requests, batch size 1, "
@@ -389,17 +428,40 @@ def render_markdown(res: dict[str, Any]) -> str:
                          f"{_f(bd['server_total']['p50_us'])} |")
         lines.append(f"| client round trip (loopback, keep-alive) | | {_f(bd['client_rtt_p50_us'])} (p99 "
                      f"{_f(bd['client_rtt_p99_us'])}) |")
+    sc = res.get("scaling")
+    if sc:
+        lines += ["", (f"Scaling with cores (ours, `python -m loadtest.baselines.ours --workers N`: N uvicorn worker "
+                       f"processes, each with its own model; load generator pinned to CPU {sc.get('loadgen_cpus') or '-'}; "
+                       f"max throughput at p99 <= {c['p99_limit_ms']:.0f} ms over the user steps):"), "",
+                  ("| server processes | max req/s at the p99 limit | users | p50 / p99 there (ms) | server CPU there "
+                   "(cores) | peak req/s (any p99) | vs 1 process |"), "|---|---|---|---|---|---|---|"]
+        for x in sc["rows"]:
+            b = x.get("best")
+            if x.get("error") or not b:
+                lines.append(f"| {x['workers']} | {x.get('error', 'no step under the limit')[:60]} | | | | | |")
+                continue
+            lines.append(f"| {x['workers']} | {_f(b['rps'])} | {b['users']} | {_f(b['p50_ms'])} / {_f(b['p99_ms'])} | "
+                         f"{_f(b['server_cpu'], '{:.2f}')} | {_f(x.get('peak'))} | "
+                         f"{_f(x.get('relative'), '{:.2f}x')} |")
+    tg = res.get("targets")
+    if tg:
+        lines += ["", "Targets (issue 19, one run):", "", "| target | goal | this run | met |", "|---|---|---|---|"]
+        for t in tg:
+            met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+            lines.append(f"| {t['target']} | {t['goal']} | {t['text']} | {met} |")
     lev = res.get("levers")
     if lev:
         lines += ["", (f"Levers (each at {lev['users']} closed-loop users for {c['lever_seconds']:.0f} s; "
                       "relative to the default measured in the same series):"), "",
-                  "| lever | setting | req/s | p50 / p99 (ms) | server CPU | vs default |", "|---|---|---|---|---|---|"]
+                  ("| lever | setting | req/s | p50 / p99 (ms) | server CPU | server CPU per request (us) | mean executed "
+                   "batch | vs default |"), "|---|---|---|---|---|---|---|---|"]
         for x in lev["rows"]:
             if x.get("error"):
-                lines.append(f"| {x['lever']} | {x['setting']} | {x['error'][:60]} | | | |")
+                lines.append(f"| {x['lever']} | {x['setting']} | {x['error'][:60]} | | | | | |")
                 continue
             lines.append(f"| {x['lever']} | {x['setting']} | {_f(x['rps'])} | {_f(x['p50_ms'])} / {_f(x['p99_ms'])} | "
-                         f"{_f(x['server_cpu'], '{:.2f}')} | {_f(x.get('relative'), '{:.2f}x')} |")
+                         f"{_f(x['server_cpu'], '{:.2f}')} | {_f(cpu_per_request_us(x))} | "
+                         f"{_f(x.get('mean_batch'), '{:.1f}')} | {_f(x.get('relative'), '{:.2f}x')} |")
     sweep = res.get("sweep")
     if sweep:
         lines += ["", (f"Batch-size sweep (ours, device {sweep['device']}; max throughput at p99 <= "
@@ -438,7 +500,8 @@ class BenchSettings(LoadtestSettings):
     build_dataset: str = Field("lastfm", description="dataset to build on when no --artifact is given")
     work_dir: Path = Field(Path("artifacts/bench"), description="built model, locust files and server logs")
     results: Path = Field(Path("loadtest/results"), description="where the markdown/JSON go")
-    servers: str = Field("floor,naive,ours", description="comma list of floor, naive, ours")
+    servers: str = Field("floor,floor-fastapi,naive,ours",
+                         description="comma list of floor, floor-fastapi (moderate load only), naive, ours")
     users: str = Field("2,4,8,16,32,64", description="closed-loop user steps (comma list)")
     step_seconds: float = Field(8.0, gt=0, description="seconds per step")
     p99_limit_ms: float = Field(50.0, gt=0, description="p99 limit for the max throughput")
@@ -457,11 +520,24 @@ class BenchSettings(LoadtestSettings):
     batch_sweep: str = Field(
         "", description="comma list of max_batch_size values (e.g. 1,8,32,128): our server stepped through the "
         "user counts once per value, in thread mode (the GPU mode), plus the loop mode on CPU; 1 = no dynamic batching")
+    loadgen_cpus: str = Field(
+        "auto", description="taskset CPU list for the load generator (locust), e.g. 0; auto = CPU 0 when the machine "
+        "has 2 or more, so that it cannot take more than one core; empty = not pinned")
+    scaling: str = Field(
+        "1,2", description="comma list of server process counts for the scaling table (our app under uvicorn "
+        "--workers N, stepped through the user counts); empty = skip")
 
     @staticmethod
     def numbers(text: str) -> list[int]:
         """``"2,4,8"`` -> ``[2, 4, 8]``."""
         return [int(x) for x in text.split(",") if x.strip()]
+
+    def pinned_cpus(self) -> str:
+        """The CPU list locust is pinned to ('' = not pinned)."""
+        if self.loadgen_cpus != "auto":
+            return self.loadgen_cpus.strip()
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        return str(allowed[0]) if len(allowed) >= 2 else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -516,12 +592,17 @@ def main(argv: list[str] | None = None) -> int:
         "floor": ServerSpec("floor", "HTTP floor (same app, fixed answer)",
                             [PY, "-m", "loadtest.baselines.floor", "--mode", "serving", "--num-items", str(num_items)],
                             base_env),
+        "floor-fastapi": ServerSpec("floor-fastapi", "HTTP floor through FastAPI's routes (the floor before the fast "
+                                    "path; moderate load only)",
+                                    [PY, "-m", "loadtest.baselines.floor", "--mode", "fastapi", "--num-items",
+                                     str(num_items)], base_env),
         "naive": ServerSpec("naive", "naive (FastAPI + torch eager + argsort)",
                             [PY, "-m", "loadtest.baselines.naive", "--run-dir", str(run_dir)], {}),
         "ours": ServerSpec("ours", f"ours (python -m serving, device {args.device})", [PY, "-m", "serving"], base_env,
                            port_arg=None),
     }
     users = args.numbers(args.users)
+    pin = args.pinned_cpus()
     results: dict[str, Any] = {"started": started, "servers": [], "notes": notes}
     results["config"] = {
         "cpus": os.cpu_count(), "artifact": str(artifact), "artifact_name": f"{manifest['model']['name']}/"
@@ -529,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "dim": manifest["items"].get("dim"), "dataset": dataset, "step_seconds": args.step_seconds,
         "p99_limit_ms": args.p99_limit_ms, "moderate_rate": args.moderate_rate,
         "moderate_seconds": args.moderate_seconds, "lever_seconds": args.lever_seconds, "users": users,
+        "loadgen_cpus": pin,
         **{k: getattr(traffic, k) for k in ("k", "anonymous_share", "exclude_seen_share", "candidates_share",
                                              "batch_share", "batch_size", "cold_share")},
     }
@@ -545,13 +627,14 @@ def main(argv: list[str] | None = None) -> int:
             with ManagedServer(spec, raw) as srv:
                 entry["startup_s"] = srv.startup_s
                 log(f"  ready in {srv.startup_s:.1f} s on {srv.url}; warm-up")
-                measure(srv, 4, 3, traffic, raw / f"{name}-warmup")
-                steps, b = step_users(srv, traffic, users, args.step_seconds, args.p99_limit_ms,
-                                      raw / f"{name}-step", log)
-                entry["steps"] = [asdict(s) for s in steps]
-                entry["best"] = asdict(b) if b else None
+                measure(srv, 4, 3, traffic, raw / f"{name}-warmup", loadgen_cpus=pin)
+                if name != "floor-fastapi":  # that one is a CPU reference: its moderate step is enough
+                    steps, b = step_users(srv, traffic, users, args.step_seconds, args.p99_limit_ms,
+                                          raw / f"{name}-step", log, pin)
+                    entry["steps"] = [asdict(s) for s in steps]
+                    entry["best"] = asdict(b) if b else None
                 m = measure(srv, args.moderate_users, args.moderate_seconds, traffic, raw / f"{name}-moderate",
-                            rate=args.moderate_rate)
+                            rate=args.moderate_rate, loadgen_cpus=pin)
                 entry["moderate"] = asdict(m)
                 log(f"  moderate {args.moderate_rate:.0f} req/s: achieved {m.rps:.0f}, p50 {m.p50_ms:.0f} ms, "
                     f"p99 {m.p99_ms:.0f} ms, failures {m.failures}")
@@ -562,14 +645,18 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {name} failed: {e}")
     results["ratios"] = compute_ratios(results["servers"])
 
+    processes = args.numbers(args.scaling)
+    if processes:
+        results["scaling"] = run_scaling(specs["ours"], processes, traffic, users, args, raw, log, pin)
+
     sweep = args.numbers(args.batch_sweep)
     if sweep:
-        results["sweep"] = run_batch_sweep(specs["ours"], sweep, args.device, traffic, users, args, raw, log)
+        results["sweep"] = run_batch_sweep(specs["ours"], sweep, args.device, traffic, users, args, raw, log, pin)
 
     if args.levers and "ours" in specs:
         lever_users = args.lever_users
         results["levers"] = run_levers(specs, artifact, num_items, traffic, lever_users, args, raw, log,
-                                       deadline=t_start + args.time_budget)
+                                       deadline=t_start + args.time_budget, loadgen_cpus=pin)
 
     for entry in results["servers"]:
         b = entry.get("best")
@@ -577,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"{entry['name']}: at its best step the machine was {b['machine_cpu']:.0%} busy while the "
                          f"server used {b['server_cpu']:.2f} cores: the load generator (or a neighbour), not the "
                          "server, set that limit")
+    results["targets"] = evaluate_targets(results)
     load_end = os.getloadavg()
     notes.append(f"1-minute load average at start {load_start[0]:.1f}, at end {load_end[0]:.1f} on {os.cpu_count()} "
                  "cores (above the core count: other processes shared the machine and every figure is low)")
@@ -600,8 +688,9 @@ def server_batching(url: str) -> str:
     """A running server's batching settings as text, from its ``GET /model`` (what it really uses)."""
     try:
         b = json.loads(fetch_text(url + "/model", timeout=5) or "null")["batching"]
+        idle = "" if "idle_dispatch" not in b else f", idle_dispatch {'on' if b['idle_dispatch'] else 'off'}"
         return (f"batching_mode {b['mode']}, max_batch_size {b['max_batch_size']}, "
-                f"max_queue_delay {b['max_queue_delay_ms']} ms")
+                f"max_queue_delay {b['max_queue_delay_ms']} ms{idle}")
     except (TypeError, KeyError, ValueError):
         return "default settings"
 
@@ -613,7 +702,7 @@ def error_line(e: BaseException) -> str:
 
 
 def run_batch_sweep(ours: ServerSpec, sizes: list[int], device: str, traffic: TrafficConfig, users: list[int],
-                    args: BenchSettings, raw: Path, log: Any) -> dict[str, Any]:
+                    args: BenchSettings, raw: Path, log: Any, loadgen_cpus: str = "") -> dict[str, Any]:
     """Our server once per (batching mode, max_batch_size): max throughput at the p99 limit."""
     modes = ["thread"] if device == "cuda" else ["thread", "loop"]
     rows: list[dict[str, Any]] = []
@@ -626,9 +715,9 @@ def run_batch_sweep(ours: ServerSpec, sizes: list[int], device: str, traffic: Tr
             spec = ServerSpec(f"sweep-{mode}-b{size}", "", ours.cmd, env, None)
             try:
                 with ManagedServer(spec, raw) as srv:
-                    measure(srv, 4, 2, traffic, raw / f"{spec.name}-warmup")
+                    measure(srv, 4, 2, traffic, raw / f"{spec.name}-warmup", loadgen_cpus=loadgen_cpus)
                     steps, best = step_users(srv, traffic, users, args.step_seconds, args.p99_limit_ms,
-                                             raw / spec.name, log)
+                                             raw / spec.name, log, loadgen_cpus)
                     metrics = _scrape(srv.url)
             except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
                 row["error"] = error_line(e)
@@ -641,44 +730,64 @@ def run_batch_sweep(ours: ServerSpec, sizes: list[int], device: str, traffic: Tr
     return {"device": device, "rows": rows}
 
 
+def run_scaling(ours: ServerSpec, processes: list[int], traffic: TrafficConfig, users: list[int],
+                args: BenchSettings, raw: Path, log: Any, loadgen_cpus: str) -> dict[str, Any]:
+    """Our app under ``uvicorn --workers N`` for each N: max throughput at the p99 limit, the load generator
+    pinned, so that the table shows how the server scales with the cores it can use."""
+    rows: list[dict[str, Any]] = []
+    log(f"scaling: {processes} server processes, load generator on CPU {loadgen_cpus or '(not pinned)'}")
+    launcher = [PY, "-m", "loadtest.baselines.ours"]
+    base: float | None = None
+    for n in processes:
+        row: dict[str, Any] = {"workers": n}
+        rows.append(row)
+        spec = ServerSpec(f"scaling-w{n}", "", launcher + ["--workers", str(n)], ours.env)
+        try:
+            with ManagedServer(spec, raw) as srv:
+                measure(srv, 4, 3, traffic, raw / f"{spec.name}-warmup", loadgen_cpus=loadgen_cpus)
+                steps, best = step_users(srv, traffic, users, args.step_seconds, args.p99_limit_ms, raw / spec.name,
+                                         log, loadgen_cpus)
+        except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
+            row["error"] = error_line(e)
+            log(f"  {n} processes: failed: {row['error']}")
+            continue
+        row["steps"] = [asdict(x) for x in steps]
+        row["best"] = asdict(best) if best else None
+        row["peak"] = max((x.rps for x in steps if not x.failures), default=math.nan)
+        if best is not None:
+            base = base if base is not None else best.rps
+            row["relative"] = best.rps / base if base else math.nan
+        log(f"  {n} processes: best {best.rps if best else math.nan:.0f} req/s")
+    return {"loadgen_cpus": loadgen_cpus, "rows": rows}
+
+
 def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, traffic: TrafficConfig, users: int,
-               args: BenchSettings, raw: Path, log: Any, deadline: float) -> dict[str, Any]:
+               args: BenchSettings, raw: Path, log: Any, deadline: float, loadgen_cpus: str = "") -> dict[str, Any]:
     """Each lever: one server variant at a fixed user count; relative to the default of the same series."""
     base_env = dict(specs["ours"].env)
-    ours_launcher = [PY, "-m", "loadtest.baselines.ours"]
-    floor_sa = [PY, "-m", "loadtest.baselines.floor", "--mode", "standalone", "--num-items", str(num_items)]
 
     def serving_with(name: str, variable: str, value: str) -> ServerSpec:
         """``python -m serving`` with one ``SSI_*`` setting changed."""
         return ServerSpec(f"lever-{name}", "", [PY, "-m", "serving"], {**base_env, variable: value}, None)
 
-    # (lever, setting, spec, traffic, reference key): reference key groups a row with its default.
+    # (lever, setting, spec, traffic, reference key): reference key groups a row with its default. Server
+    # processes are the scaling table; the HTTP parser / event loop / JSON levers of earlier runs are in
+    # loadtest/README.md.
     variants: list[tuple[str, str, ServerSpec, TrafficConfig, str]] = [
         ("default", "python -m serving (1 process, uvicorn's default parser/loop)", specs["ours"], traffic, "ours"),
-        ("uvicorn workers", "2 worker processes", ServerSpec("lever-workers2", "", ours_launcher + ["--workers", "2"],
-                                                             base_env), traffic, "ours"),
-        ("batching mode", "thread (batches on a worker thread, the GPU mode)",
-         serving_with("thread", "SSI_BATCHING_MODE", "thread"), traffic, "ours"),
-        ("index", "HNSW (M 32, efSearch 64; approximate, recall@10 in /model)",
-         serving_with("hnsw", "SSI_INDEX", "hnsw"), traffic, "ours"),
-        ("batching", "max_queue_delay 0 ms",
+        ("scoring", "faiss: IndexFlatIP per query (default auto = one matmul + blocked top-k per batch here)",
+         serving_with("faiss", "SSI_SCORING", "faiss"), traffic, "ours"),
+        ("batching", "idle_dispatch off (every batch waits for max_queue_delay or a full batch)",
+         serving_with("noidle", "SSI_IDLE_DISPATCH", "false"), traffic, "ours"),
+        ("batching", "max_queue_delay 0 ms (batch only what arrived in one loop turn)",
          serving_with("delay0", "SSI_MAX_QUEUE_DELAY_MS", "0"), traffic, "ours"),
-        ("ORT + FAISS threads", "2 threads",
-         serving_with("threads2", "SSI_ORT_THREADS", "2"), traffic, "ours"),
-        ("response size", f"k = 100 (default k = {traffic.k})", specs["ours"], traffic.replace(k=100), "ours"),
-        ("JSON (floor)", "standalone floor, FastAPI response models (default)",
-         ServerSpec("lever-floor-model", "", floor_sa + ["--json", "model"]), traffic, "floor-json"),
-        ("JSON (floor)", "standalone floor, orjson bytes in/out",
-         ServerSpec("lever-floor-orjson", "", floor_sa + ["--json", "orjson"]), traffic, "floor-json"),
-        ("HTTP parser", "h11 instead of httptools", ServerSpec("lever-h11", "", ours_launcher + ["--http", "h11"],
-                                                               base_env), traffic, "ours"),
-        ("event loop", "asyncio instead of uvloop", ServerSpec("lever-asyncio", "",
-                                                               ours_launcher + ["--loop", "asyncio"], base_env),
-         traffic, "ours"),
+        ("batching", "preferred_batch_sizes [8, 16]",
+         serving_with("preferred", "SSI_PREFERRED_BATCH_SIZES", "[8, 16]"), traffic, "ours"),
         ("batching", "max_batch_size 1 (no batching)",
          serving_with("batch1", "SSI_MAX_BATCH_SIZE", "1"), traffic, "ours"),
-        ("batching", "max_queue_delay 5 ms",
-         serving_with("delay5", "SSI_MAX_QUEUE_DELAY_MS", "5"), traffic, "ours"),
+        ("batching mode", "thread (batches on a worker thread, the GPU mode)",
+         serving_with("thread", "SSI_BATCHING_MODE", "thread"), traffic, "ours"),
+        ("response size", f"k = 100 (default k = {traffic.k})", specs["ours"], traffic.replace(k=100), "ours"),
     ]
     rows: list[dict[str, Any]] = []
     refs: dict[str, float] = {}
@@ -693,8 +802,10 @@ def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, tra
             with ManagedServer(spec, raw) as srv:
                 if lever == "default":  # name the defaults the server really runs with
                     row["setting"] = label = f"{label[:-1]}, {server_batching(srv.url)})"
-                measure(srv, 4, 2, t, raw / f"{spec.name}-lever-warmup")
-                s = measure(srv, users, args.lever_seconds, t, raw / f"{spec.name}-lever-{len(rows)}")
+                measure(srv, 4, 2, t, raw / f"{spec.name}-lever-warmup", loadgen_cpus=loadgen_cpus)
+                s = measure(srv, users, args.lever_seconds, t, raw / f"{spec.name}-lever-{len(rows)}",
+                            loadgen_cpus=loadgen_cpus)
+                row["mean_batch"] = metric_value(_scrape(srv.url), "ssi_average_batch_size")
         except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
             row["error"] = error_line(e)
             log(f"  {lever} / {label}: failed: {row['error']}")

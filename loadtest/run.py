@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +52,23 @@ SOAK_RATE = 100.0
 SOAK_USERS = 20
 
 
+def pin_command(cmd: list[str], cpus: str) -> list[str]:
+    """``cmd`` run under ``taskset -c cpus`` (Linux); ValueError when taskset is missing or the list is bad."""
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        raise ValueError("taskset is not installed (util-linux): cannot pin the load generator")
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    wanted: set[int] = set()
+    for part in cpus.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"bad CPU list {cpus!r} (e.g. 0 or 0,1 or 0-1)")
+        wanted |= set(range(int(lo), int(hi or lo) + 1))
+    if not wanted <= allowed:
+        raise ValueError(f"CPU list {cpus!r} names cores this process may not use ({sorted(allowed)})")
+    return [taskset, "-c", cpus, *cmd]
+
+
 def run_locust(
     url: str,
     users: int,
@@ -60,10 +78,12 @@ def run_locust(
     html: Path | None = None,
     spawn_rate: float | None = None,
     quiet: bool = True,
+    cpus: str = "",
 ) -> dict[str, LocustStats]:
     """Run locust headless (bounded by ``duration_s`` + a margin) and return its parsed stats.
 
-    ``traffic`` travels to the locust process through ``SSI_LOADTEST_*`` environment variables.
+    ``traffic`` travels to the locust process through ``SSI_LOADTEST_*`` environment variables. ``cpus``
+    (a ``taskset`` CPU list such as ``0``) pins locust to those cores; empty: not pinned.
     """
     url = require_loopback(url)
     if not 1 <= users <= MAX_USERS:
@@ -77,6 +97,8 @@ def run_locust(
         "--host", url, "--csv", str(csv_prefix), "--stop-timeout", "5", "--loglevel", "WARNING",
         "--exit-code-on-error", "0",
     ]
+    if cpus:
+        cmd = pin_command(cmd, cpus)
     if quiet:
         cmd.append("--only-summary")
     if html is not None:

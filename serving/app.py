@@ -1,6 +1,11 @@
-"""The FastAPI application: ``create_app(settings)``; ``app`` for ``uvicorn serving.app:app``.
+"""The FastAPI application: the factory ``create_app(settings)``.
 
-At startup (ASGI lifespan) the artifact is loaded, verified and warmed before the server reports
+    uvicorn --factory serving.app:create_app     # settings from SSI_* variables
+    uvicorn serving.app:app                      # the same: ``app`` is built on first access
+
+Importing this module builds nothing: ``app`` is made by the module's ``__getattr__`` the first time it is
+asked for (by uvicorn), so tests, tools and ``python -m serving`` build their own apps with their own
+settings. At startup (ASGI lifespan) the artifact is loaded, verified and warmed before the server reports
 ready, unless a ``ModelState`` loaded beforehand is passed (as ``python -m serving`` does). A bad
 artifact stops the server with one line naming the file and the problem.
 """
@@ -19,8 +24,11 @@ from serving.artifact import ArtifactError
 from serving.config import Settings
 from serving.engine import ModelState
 from serving.errors import ServingError
+from serving.evaluation import Evaluator
+from serving.fastpath import ENDPOINTS, RecommendFastPath
 from serving.metrics import ServingMetrics
 from serving.middleware import LifespanMiddleware, RequestBodyMiddleware, RequestMetricsMiddleware
+from serving.responses import validation_error_body
 from serving.routes import admin, health, recommend
 from serving.routes import eval as eval_routes
 from serving.schemas import openapi_limits
@@ -28,7 +36,6 @@ from serving.security import AdminPolicy, PathRedactor
 from serving.service import Service
 
 log = logging.getLogger("serving")
-MAX_ERRORS_LISTED = 5
 DESCRIPTION = """Sequential recommendations from an SSI student model (ONNX encoder + FAISS item index).
 
 Item ids are the artifact's raw ids when it ships an id map, else 1..N. Every error is a JSON body
@@ -37,15 +44,6 @@ Item ids are the artifact's raw ids when it ships an id map, else 1..N. Every er
 
 def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def _describe_validation(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """A readable one-line message and JSON-safe details (no echo of the input, which may be huge)."""
-    details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-               for e in errors]
-    parts = [f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:MAX_ERRORS_LISTED]]
-    more = f" (and {len(details) - MAX_ERRORS_LISTED} more)" if len(details) > MAX_ERRORS_LISTED else ""
-    return "; ".join(parts) + more, details[:50]
 
 
 def install_error_handlers(app: FastAPI, redact: PathRedactor) -> None:
@@ -59,11 +57,7 @@ def install_error_handlers(app: FastAPI, redact: PathRedactor) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        errors = list(exc.errors())
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return json_response(400, {"error": "malformed_json", "message": "request body is not valid JSON"})
-        message, details = _describe_validation(errors)
-        return json_response(422, {"error": "validation_error", "message": message, "details": details})
+        return json_response(*validation_error_body(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -77,18 +71,42 @@ def install_error_handlers(app: FastAPI, redact: PathRedactor) -> None:
         return json_response(500, {"error": "internal_error", "message": "internal server error; see the server log"})
 
 
+class ServingApp(FastAPI):
+    """FastAPI, with ``POST /recommend`` and ``POST /recommend/batch`` answered by ``serving.fastpath`` before
+    the FastAPI stack (no telemetry check, middleware layers, routing or dependency solving per request).
+    Everything else, the OpenAPI schema and the docs are FastAPI's."""
+
+    fast_path: RecommendFastPath | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        fast = self.fast_path
+        if fast is not None and scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root):]
+            if path in ENDPOINTS:
+                await fast(scope, receive, send, path)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, state: ModelState | None = None) -> FastAPI:
     """Build the app. The model is loaded in the lifespan (or ``state`` is used when given)."""
     settings = settings or Settings()
     metrics = ServingMetrics()
     service = Service(settings, metrics)
+    evaluator = Evaluator(settings, metrics, service)
 
-    app = FastAPI(title="SSI sequential recommender", version="0.1.0", description=DESCRIPTION)
+    app = ServingApp(title="SSI sequential recommender", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
     app.state.service = service
+    app.state.evaluator = evaluator
     app.state.metrics = metrics
     app.state.admin = admin_policy = AdminPolicy.from_settings(settings)
-    install_error_handlers(app, PathRedactor.for_settings(settings))
+    redact = PathRedactor.for_settings(settings)
+    install_error_handlers(app, redact)
+    app.fast_path = RecommendFastPath(lambda: app.state.service, settings, metrics, redact)
     for module in (recommend, eval_routes, admin, health):
         app.include_router(module.router)
     _state_limits_in_openapi(app, settings)
@@ -122,4 +140,9 @@ def _state_limits_in_openapi(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-app = create_app()
+def __getattr__(name: str) -> Any:
+    """``serving.app.app`` for ``uvicorn serving.app:app``: built with ``Settings()`` on first access, then kept."""
+    if name == "app":
+        built = globals()["app"] = create_app()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,14 @@
 """Inference backends behind one small interface: ``encode`` (ONNX Runtime) and ``search`` / ``score``.
 
-- CPU: ORT ``CPUExecutionProvider`` with a small intra-op thread count + FAISS ``IndexFlatIP``.
+- CPU: ORT ``CPUExecutionProvider`` with a small intra-op thread count + exact search by one BLAS matmul
+  per batch (``serving.scoring.MatmulSearcher``) or FAISS ``IndexFlatIP``, chosen per artifact by the
+  ``scoring`` setting (``serving.scoring.choose_scoring``), or FAISS ``IndexHNSWFlat`` (``index=hnsw``).
 - CUDA: ORT ``CUDAExecutionProvider`` (checked with ``session.get_providers()``, never assumed) +
   a FAISS GPU flat index (k capped at 2048; larger fetches fall back to an exact matmul).
 - CUDA without faiss-gpu: torch on CUDA for search (exact top-k by matmul). torch is imported lazily
   in that backend only; the CPU path never imports it.
-- ``NumpySearcher``: exact top-k in numpy, the reference every backend must agree with.
+- ``NumpySearcher`` (= ``MatmulSearcher``): exact top-k in numpy, the reference every backend must agree
+  with (higher score first, ties by the smaller id).
 
 All searchers return internal item ids (1..N, row i of the item table is id i + 1).
 Only the batching worker thread calls a backend once it is serving (FAISS GPU indexes are not
@@ -23,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.artifact import Artifact, ArtifactError
+from serving.scoring import MATMUL_MAX_ITEMS, MatmulSearcher, choose_scoring, settle_ties, topk
 
 log = logging.getLogger("serving.backends")
 FAISS_GPU_K_CAP = 2048
@@ -96,6 +100,7 @@ class Searcher(Protocol):
 
     index_type: str
     device: str
+    supports_mask: bool  # True: search_masked(queries, k, exclude) scores excluded items -inf (no over-fetch)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(B, D) float32 queries -> (scores (B, k) float32, internal ids (B, k) int64), best first."""
@@ -106,39 +111,19 @@ class Searcher(Protocol):
 
 def exact_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of (B, N) scores by value, ties broken by the smaller id. Returns (scores, internal ids)."""
-    n = scores.shape[1]
-    k = min(k, n)
-    if k < n:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(n), scores.shape).copy()
-    vals = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -vals), axis=1) if vals.size else np.zeros_like(part)
-    idx = np.take_along_axis(part, order, axis=1)
-    return np.take_along_axis(scores, idx, axis=1).astype(np.float32), (idx + 1).astype(np.int64)
+    return topk(scores, k)
 
 
-class NumpySearcher:
-    """Exact top-k by a float32 matmul in numpy (reference, and the CPU fallback without FAISS)."""
-
-    index_type = "exact-matmul"
-    device = "cpu"
-
-    def __init__(self, items: np.ndarray) -> None:
-        self.items = items
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return exact_topk(queries @ self.items.T, k)
-
-    def describe(self) -> dict[str, Any]:
-        return {"type": self.index_type, "library": "numpy", "device": self.device, "ntotal": len(self.items)}
+NumpySearcher = MatmulSearcher  # exact top-k by a float32 matmul in numpy: the reference, and the CPU default
 
 
 class FaissCpuSearcher:
-    """FAISS ``IndexFlatIP`` (exact inner product) on the CPU."""
+    """FAISS ``IndexFlatIP`` (exact inner product) on the CPU; rows re-sorted by ``scoring.topk``'s rule
+    (ties: smaller id first), so that it answers exactly as the matmul path."""
 
     index_type = "IndexFlatIP"
     device = "cpu"
+    supports_mask = False
 
     def __init__(self, items: np.ndarray, threads: int) -> None:
         import faiss
@@ -146,12 +131,14 @@ class FaissCpuSearcher:
         faiss.omp_set_num_threads(threads)
         self.index = faiss.IndexFlatIP(items.shape[1])
         self.index.add(items)
+        self.items = items
         self.version = faiss.__version__
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.index.ntotal)
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores, rows.astype(np.int64) + 1
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, rows = self.index.search(q, min(k + 1, self.index.ntotal))  # one more: see settle_ties
+        return settle_ties(scores, rows.astype(np.int64) + 1, k, q, self.items)
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.index_type, "library": f"faiss {self.version}", "device": self.device,
@@ -160,11 +147,14 @@ class FaissCpuSearcher:
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """Which CPU index ranks the whole catalogue: ``flat`` (exact, the default) or ``hnsw`` (approximate)."""
+    """How the CPU ranks the whole catalogue: ``flat`` (exact, the default) or ``hnsw`` (approximate); for
+    ``flat``, the scoring path (``serving.scoring.choose_scoring``: auto | matmul | faiss)."""
 
     kind: str = "flat"
     hnsw_m: int = 32  # graph degree
     hnsw_ef_search: int = 64  # candidate list of a search (raised to k when k is larger)
+    scoring: str = "auto"
+    matmul_max_items: int = MATMUL_MAX_ITEMS
 
 
 class FaissHnswSearcher:
@@ -177,6 +167,7 @@ class FaissHnswSearcher:
 
     index_type = "IndexHNSWFlat"
     device = "cpu"
+    supports_mask = False
 
     def __init__(self, items: np.ndarray, threads: int, m: int, ef_search: int) -> None:
         import faiss
@@ -220,6 +211,7 @@ class FaissGpuSearcher:
 
     index_type = "GpuIndexFlatIP"
     device = "cuda"
+    supports_mask = False
 
     def __init__(self, items: np.ndarray) -> None:
         import faiss
@@ -233,10 +225,11 @@ class FaissGpuSearcher:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.index.ntotal)
-        if k > FAISS_GPU_K_CAP:
+        if k + 1 > FAISS_GPU_K_CAP:
             return self.fallback.search(queries, k)
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores, rows.astype(np.int64) + 1
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, rows = self.index.search(q, min(k + 1, self.index.ntotal))  # one more: see settle_ties
+        return settle_ties(scores, rows.astype(np.int64) + 1, k, q, self.fallback.items)
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.index_type, "library": f"faiss {self.version}", "device": self.device,
@@ -248,6 +241,7 @@ class TorchCudaSearcher:
 
     index_type = "exact-matmul"
     device = "cuda"
+    supports_mask = False
 
     def __init__(self, items: np.ndarray) -> None:
         import torch  # lazily: only this backend needs torch
@@ -280,6 +274,7 @@ class Backend:
     encoder: OrtEncoder
     searcher: Searcher
     items: np.ndarray  # (N, D) float32 host copy, for candidate scoring and full-catalogue scores
+    scoring: str = ""  # why this searcher ranks the catalogue (serving.scoring.choose_scoring), for /model
 
     @property
     def on_cuda(self) -> bool:
@@ -316,7 +311,7 @@ class Backend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.searcher.device, "encoder": self.encoder.describe(),
-                "index": self.searcher.describe()}
+                "index": {**self.searcher.describe(), **({"chosen_because": self.scoring} if self.scoring else {})}}
 
 
 def cuda_status() -> dict[str, bool]:
@@ -367,7 +362,7 @@ def create_backend(artifact: Artifact, device: str = "auto", threads: int = 1,
     elif status["torch_cuda"]:
         searcher = TorchCudaSearcher(artifact.items)
     else:
-        searcher = _cpu_searcher(artifact.items, threads, index)
+        searcher, _ = _cpu_searcher(artifact.items, threads, index)
     if not encoder.on_cuda and searcher.device != "cuda":
         return _no_cuda(artifact, device, threads, index, f"ONNX Runtime providers in use: {encoder.providers}")
     if index.kind != "flat" and searcher.device == "cuda":
@@ -384,21 +379,29 @@ def _no_cuda(artifact: Artifact, device: str, threads: int, index: IndexSpec, wh
     return _cpu_backend(artifact, threads, index)
 
 
-def _cpu_searcher(items: np.ndarray, threads: int, index: IndexSpec = IndexSpec()) -> Searcher:
-    try:
-        if index.kind == "hnsw":
+def _cpu_searcher(items: np.ndarray, threads: int, index: IndexSpec = IndexSpec()) -> tuple[Searcher, str]:
+    """The CPU searcher for ``index`` and why it was chosen."""
+    if index.kind == "hnsw":
+        try:
             searcher = FaissHnswSearcher(items, threads, index.hnsw_m, index.hnsw_ef_search)
-            log.info("HNSW index (M %d, efSearch %d): recall@10 against exact search %.4f",
-                     index.hnsw_m, index.hnsw_ef_search, searcher.recall_at_10)
-            return searcher
-        return FaissCpuSearcher(items, threads)
-    except ImportError:
-        log.warning("faiss is not installed; using exact numpy search")
-        return NumpySearcher(items)
+        except ImportError:
+            log.warning("faiss is not installed; index=hnsw falls back to exact matmul search")
+            return MatmulSearcher(items), "index=hnsw without faiss: exact matmul"
+        log.info("HNSW index (M %d, efSearch %d): recall@10 against exact search %.4f",
+                 index.hnsw_m, index.hnsw_ef_search, searcher.recall_at_10)
+        return searcher, "index=hnsw (approximate)"
+    path, why = choose_scoring(index.scoring, len(items), index.matmul_max_items)
+    if path == "faiss":
+        try:
+            return FaissCpuSearcher(items, threads), why
+        except ImportError:
+            log.warning("faiss is not installed; using exact numpy matmul search")
+            return MatmulSearcher(items), "faiss not installed: exact matmul"
+    return MatmulSearcher(items), why
 
 
 def _cpu_backend(artifact: Artifact, threads: int, index: IndexSpec = IndexSpec()) -> Backend:
     encoder = OrtEncoder(artifact, use_cuda=False, threads=threads)
-    searcher = _cpu_searcher(artifact.items, threads, index)
+    searcher, why = _cpu_searcher(artifact.items, threads, index)
     return Backend(name=f"ort-cpu+{searcher.describe()['library'].split()[0]}-cpu", encoder=encoder,
-                   searcher=searcher, items=artifact.items)
+                   searcher=searcher, items=artifact.items, scoring=why)

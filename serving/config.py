@@ -1,24 +1,21 @@
 """Server settings: one ``Settings`` object, read from the environment (prefix ``SSI_``) and the CLI.
 
 Environment variables use the ``SSI_`` prefix (``SSI_PORT=8001``, ``SSI_API_KEY=...``); the data folder
-for ``/eval`` is ``SSI_DATA_DIR``, the variable the protocol itself reads. On the command line
+for ``/eval`` is ``SSI_DATA_DIR``, the variable the protocol itself reads, else ``resolve_data_dir``'s
+default (./data, else ../shared/data beside the checkout): ``Settings.data_folder``. On the command line
 (``python -m serving --help``) the same fields are kebab-case flags (``--max-batch-size 64``).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MATMUL_MAX_ITEMS = 262_144  # serving.scoring.MATMUL_MAX_ITEMS (kept here so that settings load no numpy)
+
 MAX_K_LIMIT = 1000  # hard ceiling for max_k (FAISS GPU caps k at 2048, and over-fetch needs room)
-
-
-def _default_data_dir() -> Path:
-    env = os.environ.get("SSI_DATA_DIR")
-    return Path(env) if env else Path("data")
 
 
 class Settings(BaseSettings):
@@ -45,12 +42,26 @@ class Settings(BaseSettings):
         "graph search (IndexHNSWFlat, built at load; /model shows its recall@10 against exact)")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
     hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth (raised to k when smaller)")
+    scoring: Literal["auto", "matmul", "faiss"] = Field(
+        "auto", description="exact CPU top-k of index=flat: matmul = one BLAS matmul + partial top-k per batch, "
+        "faiss = FAISS IndexFlatIP per query; auto = matmul up to matmul_max_items items, faiss above (same "
+        "answers; serving/scoring.py, measured in loadtest/README.md). GPU backends keep their GPU index")
+    matmul_max_items: int = Field(MATMUL_MAX_ITEMS, ge=0, description="scoring=auto: the largest catalogue "
+                                  "scored by matmul")
     # Dynamic batching
     batching_mode: Literal["auto", "loop", "thread"] = Field(
         "auto", description="where batches run: loop = on the event-loop thread (fastest on CPU), thread = one "
         "worker thread (GPU backends); auto = loop on CPU, thread on CUDA")
     max_batch_size: int = Field(32, ge=1, le=1024, description="largest batch the worker executes")
-    max_queue_delay_ms: float = Field(1.0, ge=0.0, le=10_000.0, description="longest wait of the oldest request")
+    max_queue_delay_ms: float = Field(
+        1.0, ge=0.0, le=10_000.0, description="under load, the longest wait of the oldest request for a batch to "
+        "fill (an idle server sends a lone request at once: idle_dispatch)")
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="batch sizes sent as soon as the queue holds them, before "
+        "max_queue_delay (Triton's preferred_batch_size); empty: max_batch_size only")
+    idle_dispatch: bool = Field(
+        True, description="send a batch at once when the server is idle (the last batch held one request, or "
+        "ended 10 x max_queue_delay ago); wait for max_queue_delay only under load")
     max_queue_size: int = Field(1024, ge=1, description="queued requests beyond this get 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="a request waiting longer gets 504")
     # Limits
@@ -75,7 +86,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="/admin/* and /eval need it in header X-API-Key. Without a key they are refused (403), "
         "unless host is a loopback address (127.0.0.1, ::1, localhost): then they are open to local requests")
-    data_dir: Path = Field(default_factory=_default_data_dir, description="dataset folder for /eval")
+    data_dir: Path | None = Field(
+        None, description="dataset folder for /eval; none: protocol.data.resolve_data_dir's rule (./data, else "
+        "../shared/data beside the checkout), the rule of every entry point")
     eval_chunk_users: int = Field(0, ge=0, description="users per worker job in /eval (0 = max_batch_size)")
 
     @model_validator(mode="after")
@@ -83,6 +96,15 @@ class Settings(BaseSettings):
         if self.api_key is not None and not self.api_key.get_secret_value():
             self.api_key = None  # SSI_API_KEY= (empty) means no key
         return self
+
+    @property
+    def data_folder(self) -> Path:
+        """The data folder /eval reads: ``data_dir`` (SSI_DATA_DIR, --data-dir), else ``resolve_data_dir``'s
+        default. Resolved on use, so that reading the settings loads no numpy (``python -m serving`` caps the
+        BLAS/OpenMP threads after reading them and before numpy starts)."""
+        from protocol.data import resolve_data_dir
+
+        return resolve_data_dir(self.data_dir)
 
     @property
     def max_queue_delay_s(self) -> float:

@@ -3,8 +3,10 @@
 - ``load_state(settings)`` finds, verifies, loads and warms an artifact -> ``ModelState``.
 - ``prepare(state, request, settings)`` validates ids and limits and builds a ``Query`` for the
   worker, or answers directly from the popularity ranking (empty history).
-- ``Executor`` runs on the batching worker: one encoder call per batch, then search (over-fetching
-  by the number of seen items to exclude) or candidate scoring per request.
+- ``Executor`` runs on the batching worker: one encoder call per batch, then one scoring call for the
+  whole-catalogue requests (the matmul path scores seen items -inf; FAISS over-fetches by their number)
+  and candidate scoring per request.
+- ``to_answer`` turns a ranking into the response body (a dict of arrays for ``serving.responses``).
 - ``eval_scorer`` is the ``protocol.Scorer`` that /eval runs through the same encoder and item table.
 """
 from __future__ import annotations
@@ -61,7 +63,8 @@ def warmup_batch_sizes(settings: Settings) -> list[int]:
 def load_state(settings: Settings, path: Path | None = None) -> ModelState:
     """Load, verify and warm the artifact. Raises ArtifactError (bad artifact) or RuntimeError (device)."""
     artifact = load_artifact(path or artifact_to_serve(settings))
-    index = IndexSpec(settings.index, settings.hnsw_m, settings.hnsw_ef_search)
+    index = IndexSpec(settings.index, settings.hnsw_m, settings.hnsw_ef_search, settings.scoring,
+                      settings.matmul_max_items)
     backend = create_backend(artifact, settings.device, settings.ort_threads, index)
     t0 = time.perf_counter()
     backend.warmup(warmup_batch_sizes(settings), artifact.max_len)
@@ -74,26 +77,31 @@ def load_state(settings: Settings, path: Path | None = None) -> ModelState:
 # ----------------------------------------------------------------------------------------- requests
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Query:
     """What the worker needs for one request (internal item ids only)."""
 
     state: ModelState
-    window: np.ndarray  # (L,) int64, the most recent items, left-padded
+    recent: np.ndarray  # (<= max_len,) int64, the most recent known items, oldest first
     user: int
     k: int
-    exclude: np.ndarray  # sorted unique internal ids to leave out
+    exclude: np.ndarray  # internal ids to leave out (the history under exclude_seen; duplicates allowed)
     candidates: np.ndarray | None  # (C,) unique internal ids, or None for the whole catalogue
 
+    @property
+    def window(self) -> np.ndarray:
+        """(max_len,) int64: ``recent`` left-padded with 0, as the encoder gets it."""
+        return pad_left([self.recent], self.state.artifact.max_len)[0]
 
-@dataclass
+
+@dataclass(slots=True)
 class Ranked:
     ids: np.ndarray  # internal ids, best first
     scores: np.ndarray
     fallback: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Prepared:
     """A validated request: either a query for the worker or an answer already (popularity)."""
 
@@ -101,6 +109,9 @@ class Prepared:
     query: Query | None
     result: Ranked | None
     dropped: int | None
+
+
+_NO_IDS = np.zeros(0, dtype=np.int64)
 
 
 def prepare(state: ModelState, req: RecommendRequest, settings: Settings) -> Prepared:
@@ -111,17 +122,18 @@ def prepare(state: ModelState, req: RecommendRequest, settings: Settings) -> Pre
     candidates, unknown_c = (None, []) if req.candidates is None else map_ids(art, req.candidates)
     dropped = None
     if req.unknown_items == "error":
-        _reject_unknown(art, _unique(unknown + unknown_c))
+        if unknown or unknown_c:
+            _reject_unknown(art, _unique(unknown + unknown_c))
     else:
         dropped = len(unknown) + len(unknown_c)
-    exclude = _sorted_unique(history) if req.exclude_seen else np.zeros(0, dtype=np.int64)
+    exclude = history if req.exclude_seen else _NO_IDS
     if candidates is not None:
         candidates = _unique_array(candidates)
     user = _user(art, req.user_id)
     if len(history) == 0:
         return Prepared(state, None, popularity_ranking(art, req.k, exclude, candidates), dropped)
-    window = pad_left([history], art.max_len)[0]
-    return Prepared(state, Query(state, window, user, req.k, exclude, candidates), None, dropped)
+    recent = history[-art.max_len:]
+    return Prepared(state, Query(state, recent, user, req.k, exclude, candidates), None, dropped)
 
 
 def _reject_unknown(art: Artifact, unknown: list[Any]) -> None:
@@ -148,23 +160,33 @@ def _check_limits(req: RecommendRequest, settings: Settings) -> None:
 def map_ids(art: Artifact, raw: list[Any]) -> tuple[np.ndarray, list[Any]]:
     """Raw ids -> (internal ids of the known ones in order, the unknown raw ids in order)."""
     n = art.num_items
-    known: list[int] = []
-    unknown: list[Any] = []
     if art.id_map is None:
+        if not raw:
+            return _NO_IDS, []
+        if set(map(type, raw)) == {int}:  # the usual request: integers only, checked in one array pass
+            ids = np.fromiter(raw, dtype=np.int64, count=len(raw))
+            known = (ids >= 1) & (ids <= n)
+            if known.all():
+                return ids, []
+            return ids[known], [r for r, ok in zip(raw, known.tolist()) if not ok]
+        known_ids: list[int] = []
+        unknown: list[Any] = []
         for r in raw:
             if type(r) is int and 1 <= r <= n:
-                known.append(r)
+                known_ids.append(r)
             else:
                 unknown.append(r)
-    else:
-        to_internal = art.id_map.to_internal
-        for r in raw:
-            i = to_internal(r)
-            if i is None:
-                unknown.append(r)
-            else:
-                known.append(i)
-    return np.asarray(known, dtype=np.int64), unknown
+        return np.asarray(known_ids, dtype=np.int64), unknown
+    to_internal = art.id_map.to_internal
+    found: list[int] = []
+    missing: list[Any] = []
+    for r in raw:
+        i = to_internal(r)
+        if i is None:
+            missing.append(r)
+        else:
+            found.append(i)
+    return np.asarray(found, dtype=np.int64), missing
 
 
 def _unique(values: list[Any]) -> list[Any]:
@@ -178,11 +200,6 @@ def _unique(values: list[Any]) -> list[Any]:
 def _unique_array(ids: np.ndarray) -> np.ndarray:
     """Unique ids in order of first occurrence."""
     return np.fromiter(dict.fromkeys(ids.tolist()), dtype=np.int64)
-
-
-def _sorted_unique(ids: np.ndarray) -> np.ndarray:
-    """Sorted unique ids (a set is much faster than np.unique for request-sized arrays)."""
-    return np.array(sorted(set(ids.tolist())), dtype=np.int64)
 
 
 def _not_in(ids: np.ndarray, exclude: np.ndarray, n: int) -> np.ndarray:
@@ -213,35 +230,54 @@ def popularity_ranking(art: Artifact, k: int, exclude: np.ndarray, candidates: n
     return Ranked(ids=ids, scores=1.0 / (1.0 + art.pop_rank[ids].astype(np.float64)), fallback=True)
 
 
-def to_response(prepared: Prepared, ranked: Ranked) -> RecommendResponse:
-    """Internal ids -> the client's raw ids."""
+def to_answer(prepared: Prepared, ranked: Ranked) -> dict[str, Any]:
+    """The answer body (``RecommendResponse``'s fields, None left out) with the client's raw ids, ready for
+    ``serving.responses.dumps``: numpy arrays stay arrays (orjson writes them without a Python list)."""
     art = prepared.state.artifact
-    ids = ranked.ids.tolist()
-    items = [art.id_map.to_raw(i) for i in ids] if art.id_map is not None else ids
-    return RecommendResponse(items=items, scores=np.asarray(ranked.scores, dtype=np.float64).tolist(),
-                             model=prepared.state.version, fallback=ranked.fallback,
-                             dropped_unknown=prepared.dropped)
+    ids = np.ascontiguousarray(ranked.ids, dtype=np.int64)
+    out: dict[str, Any] = {
+        "items": ids if art.id_map is None else [art.id_map.to_raw(i) for i in ids.tolist()],
+        "scores": np.ascontiguousarray(ranked.scores, dtype=np.float64),
+        "model": prepared.state.version,
+        "fallback": ranked.fallback,
+    }
+    if prepared.dropped is not None:
+        out["dropped_unknown"] = prepared.dropped
+    return out
+
+
+def to_response(prepared: Prepared, ranked: Ranked) -> RecommendResponse:
+    """The answer as a validated ``RecommendResponse`` (for Python callers; the HTTP path writes ``to_answer``)."""
+    body = to_answer(prepared, ranked)
+    items = body["items"]
+    return RecommendResponse(**{**body, "items": items.tolist() if isinstance(items, np.ndarray) else items,
+                                "scores": body["scores"].tolist()})
 
 
 # ---------------------------------------------------------------------------------------- execution
 
 
 class Executor:
-    """Runs a batch of queries on the worker thread. Queries of different model versions (during a
-    reload) are executed with their own version."""
+    """Runs a batch of queries on the batching worker (the loop thread, or the worker thread). Queries of
+    different model versions (during a reload) are executed with their own version."""
 
     def __init__(self, metrics: ServingMetrics | None = None) -> None:
         self.metrics = metrics
 
     def __call__(self, batch: list[Query]) -> list[Ranked | Exception]:
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i, q in enumerate(batch):
-            groups[id(q.state)].append(i)
+        state = batch[0].state
+        if all(q.state is state for q in batch):  # the usual case: one version
+            groups = [list(range(len(batch)))]
+        else:
+            by: dict[int, list[int]] = defaultdict(list)
+            for i, q in enumerate(batch):
+                by[id(q.state)].append(i)
+            groups = list(by.values())
         out: list[Ranked | Exception] = [RuntimeError("not executed")] * len(batch)
-        for rows in groups.values():
+        for rows in groups:
             queries = [batch[i] for i in rows]
             try:
-                results: list[Ranked | Exception] = list(self._run(queries[0].state.backend, queries))
+                results: list[Ranked | Exception] = list(self._run(queries[0].state, queries))
             except Exception as e:  # an inference failure fails this group only
                 log.exception("inference failed for %d requests", len(queries))
                 results = [e] * len(queries)
@@ -249,16 +285,29 @@ class Executor:
                 out[i] = r
         return out
 
-    def _run(self, backend: Backend, qs: list[Query]) -> list[Ranked]:
+    def _run(self, state: ModelState, qs: list[Query]) -> list[Ranked]:
+        backend = state.backend
         t0 = time.perf_counter()
-        queries = backend.encode(np.stack([q.window for q in qs]), np.asarray([q.user for q in qs], dtype=np.int64))
+        length = state.artifact.max_len
+        hist = np.zeros((len(qs), length), dtype=np.int64)
+        for i, q in enumerate(qs):  # left-padded: the most recent item last
+            hist[i, length - len(q.recent):] = q.recent
+        users = np.fromiter((q.user for q in qs), dtype=np.int64, count=len(qs))
+        queries = backend.encode(hist, users)
         t1 = time.perf_counter()
         results: list[Ranked | None] = [None] * len(qs)
-        self._search(backend, queries, qs, results)
-        for i, q in enumerate(qs):
-            if q.candidates is not None:
-                results[i] = rank_candidates(backend.score(queries[i], q.candidates), q.candidates, q.exclude, q.k,
-                                             len(backend.items))
+        whole = [i for i, q in enumerate(qs) if q.candidates is None]
+        if whole:
+            if getattr(backend.searcher, "supports_mask", False):
+                self._search_masked(backend, queries, qs, whole, results)
+            else:
+                self._search(backend, queries, qs, whole, results)
+        if len(whole) < len(qs):
+            n = len(backend.items)
+            for i, q in enumerate(qs):
+                if q.candidates is not None:
+                    results[i] = rank_candidates(backend.score(queries[i], q.candidates), q.candidates, q.exclude,
+                                                 q.k, n)
         t2 = time.perf_counter()
         if self.metrics is not None:
             self.metrics.encode_seconds.observe(t1 - t0)
@@ -266,24 +315,42 @@ class Executor:
         return results  # type: ignore[return-value]
 
     @staticmethod
-    def _search(backend: Backend, queries: np.ndarray, qs: list[Query], results: list[Ranked | None]) -> None:
-        """Whole-catalogue requests, searched together per over-fetch group.
+    def _search_masked(backend: Backend, queries: np.ndarray, qs: list[Query], rows: list[int],
+                       results: list[Ranked | None]) -> None:
+        """Whole-catalogue requests in one scoring call: excluded items scored -inf, the top k of the rest."""
+        ks = [qs[i].k for i in rows]
+        k = max(ks)
+        scores, ids = backend.searcher.search_masked(  # type: ignore[attr-defined]
+            queries if len(rows) == len(qs) else queries[rows], k, [qs[i].exclude for i in rows])
+        complete = np.isfinite(scores[:, -1]) if scores.shape[1] else np.ones(len(rows), dtype=bool)  # best first
+        for j, i in enumerate(rows):
+            kk = ks[j]
+            if complete[j]:
+                results[i] = Ranked(ids=ids[j, :kk], scores=scores[j, :kk])
+            else:  # fewer than k items left once the excluded ones are out
+                keep = np.isfinite(scores[j])
+                results[i] = Ranked(ids=ids[j][keep][:kk], scores=scores[j][keep][:kk])
+
+    @staticmethod
+    def _search(backend: Backend, queries: np.ndarray, qs: list[Query], rows: list[int],
+                results: list[Ranked | None]) -> None:
+        """Whole-catalogue requests on an index that cannot mask (FAISS), searched together per over-fetch group.
 
         A request fetches ``k`` plus the number of seen items it excludes. Requests that fetch at most
         ``SHARED_FETCH`` share one FAISS call (the usual case: one call per batch); larger fetches are
         grouped by the next power of two, so one long history does not make the whole batch fetch deep.
         """
         n = len(backend.items)
+        excludes = {i: np.unique(qs[i].exclude) for i in rows}
         groups: dict[int, list[int]] = defaultdict(list)
-        for i, q in enumerate(qs):
-            if q.candidates is None:
-                fetch = min(n, q.k + len(q.exclude))
-                groups[max(SHARED_FETCH, 1 << math.ceil(math.log2(fetch)))].append(i)
-        for rows in groups.values():
-            fetch = min(n, max(qs[i].k + len(qs[i].exclude) for i in rows))
-            scores, ids = backend.search(queries[rows], fetch)
-            for j, i in enumerate(rows):
-                results[i] = _top_unseen(ids[j], scores[j], qs[i].exclude, qs[i].k)
+        for i in rows:
+            fetch = min(n, qs[i].k + len(excludes[i]))
+            groups[max(SHARED_FETCH, 1 << math.ceil(math.log2(max(fetch, 1))))].append(i)
+        for members in groups.values():
+            fetch = min(n, max(qs[i].k + len(excludes[i]) for i in members))
+            scores, ids = backend.search(queries[members], fetch)
+            for j, i in enumerate(members):
+                results[i] = _top_unseen(ids[j], scores[j], excludes[i], qs[i].k)
 
 
 def _top_unseen(ids: np.ndarray, scores: np.ndarray, exclude: np.ndarray, k: int) -> Ranked:

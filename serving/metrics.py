@@ -7,6 +7,7 @@ average executed batch size), the loaded model version, reloads and /eval runs, 
 """
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,28 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 CLIENT_CLOSED = 499  # nginx's code for a request whose client left before the answer
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """``histogram.observe(v)`` for every value, with one update per bucket touched and one of the sum.
+
+    Uses the histogram's bucket bounds and values (``_upper_bounds``, ``_buckets``, ``_sum``: stable in
+    prometheus_client for years); falls back to plain ``observe`` calls when they are not there."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(values) < 2:
+        for v in values:
+            histogram.observe(v)
+        return
+    counts: dict[int, int] = {}
+    for v in values:
+        i = bisect.bisect_left(bounds, v)  # the first bound >= v, as observe() picks it
+        if i < len(bounds):
+            counts[i] = counts.get(i, 0) + 1
+    total.inc(sum(values))
+    for i, n in counts.items():
+        buckets[i].inc(n)
 
 
 class ServingMetrics:
@@ -66,6 +89,7 @@ class ServingMetrics:
         self.evals = Counter("ssi_eval_runs", "/eval runs by result", ["result"], registry=r)
         self.eval_seconds = Histogram("ssi_eval_seconds", "/eval duration", buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
                                       registry=r)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux)
         GCCollector(registry=r)
 
@@ -78,10 +102,23 @@ class ServingMetrics:
         self.model_loaded_at.set(time.time())
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint=endpoint, method=method, status=str(status)).inc()
-        if status >= 400 and status != CLIENT_CLOSED:
-            self.errors.labels(endpoint=endpoint, status=str(status)).inc()
-        self.request_seconds.labels(endpoint=endpoint).observe(seconds)
+        key = (endpoint, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # labels() looks the child up under a lock: once per key, not per request
+            error = (self.errors.labels(endpoint=endpoint, status=str(status))
+                     if status >= 400 and status != CLIENT_CLOSED else None)
+            children = self._request_children[key] = (
+                self.requests.labels(endpoint=endpoint, method=method, status=str(status)), error,
+                self.request_seconds.labels(endpoint=endpoint))
+        total, error, latency = children
+        total.inc()
+        if error is not None:
+            error.inc()
+        latency.observe(seconds)
+
+    def observe_queue_waits(self, waits: list[float]) -> None:
+        """One batch's queue waits: each bucket and the sum updated once per batch, not once per request."""
+        observe_many(self.queue_seconds, waits)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

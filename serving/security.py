@@ -104,7 +104,8 @@ class _Root:
 
 class PathRedactor:
     """Rewrites server paths in a client-facing message: files under a known folder (the artifact
-    root, the data folder, ...) are named relative to it, the folder itself by a label."""
+    root, the data folder, ...) are named relative to it, the folder itself by a label when it is
+    spelled as an absolute path (a relative spelling such as ``data`` is no server path and stays)."""
 
     def __init__(self, roots: list[tuple[Path, str]]) -> None:
         self.roots: list[_Root] = []
@@ -123,7 +124,7 @@ class PathRedactor:
     @classmethod
     def for_settings(cls, settings: Settings) -> PathRedactor:
         roots: list[tuple[Path, str]] = [(Path(settings.artifact_root), "<artifact root>"),
-                                         (Path(settings.data_dir), "<data folder>"),
+                                         (settings.data_folder, "<data folder>"),
                                          (Path(os.environ.get("SSI_CACHE_DIR", "artifacts/cache")), "<cache folder>")]
         if settings.artifact_path is not None:
             roots.append((Path(settings.artifact_path), "<artifact>"))
@@ -135,7 +136,11 @@ class PathRedactor:
             return text
 
         def swap(m: re.Match[str]) -> str:
-            return "" if m.group(2) else self._label[m.group(1)]
+            if m.group(2):  # a file under the folder: named relative to it
+                return ""
+            if not m.group(1).startswith("/"):  # the folder itself, spelled relative: no server path, and
+                return m.group(1)  # a word such as "data" in a sentence must stay a word
+            return self._label[m.group(1)]
 
         return self._pattern.sub(swap, text)
 

@@ -1,4 +1,7 @@
-"""The running server's state and operations: the current model, the batcher, reload and /eval.
+"""The running server's state and operations: the current model, the batcher, recommend and reload.
+
+``/eval`` lives in ``serving.evaluation`` (it reads the current model and runs its chunks as batcher
+jobs through ``current()`` and ``run_job()``).
 
 The current ``ModelState`` is one reference, replaced atomically on reload. A request captures it
 when it is validated and is executed with that same version, so no request fails (or is mixed with
@@ -7,26 +10,32 @@ another catalogue) while a reload swaps versions.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from protocol import DataError, evaluate, load_dataset, load_or_create_negatives
-from protocol.data import dataset_path
 from serving.artifact import ArtifactError
-from serving.batching import BatcherStopped, LoopBatcher, MicroBatcher, QueueFullError
+from serving.batching import BatcherStopped, LoopBatcher, QueueFullError, ThreadBatcher
 from serving.config import Settings
-from serving.engine import Executor, ModelState, Prepared, eval_scorer, load_state, prepare, to_response
+from serving.engine import Executor, ModelState, Prepared, load_state, prepare, to_answer
 from serving.errors import ServingError
 from serving.metrics import ServingMetrics
-from serving.schemas import EvalRequest, EvalResponse, RecommendRequest, RecommendResponse, ReloadResponse
+from serving.schemas import RecommendRequest, RecommendResponse, ReloadResponse
 from serving.security import artifact_display_name
 
 log = logging.getLogger("serving")
-EVAL_TOLERANCE = 1e-4
 RETRY_AFTER_S = "1"
+
+
+def _expire(futures: list[asyncio.Future]) -> None:
+    """The request deadline passed: fail whatever is still waiting (the batcher skips done futures)."""
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(TimeoutError())
 
 
 def _not_ready() -> ServingError:
@@ -45,15 +54,14 @@ def batching_mode(settings: Settings, state: ModelState) -> str:
 
 
 class Service:
-    """Owns the model state, the micro-batcher and the locks for reload and /eval."""
+    """Owns the model state, the micro-batcher and the reload lock."""
 
     def __init__(self, settings: Settings, metrics: ServingMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.state: ModelState | None = None
-        self.batcher: MicroBatcher | LoopBatcher | None = None  # made in start(), once the backend is known
+        self.batcher: ThreadBatcher | LoopBatcher | None = None  # made in start(), once the backend is known
         self._reload_lock = threading.Lock()
-        self._eval_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, preloaded: ModelState | None = None) -> None:
@@ -61,9 +69,11 @@ class Service:
         state = preloaded or await asyncio.to_thread(load_state, self.settings)
         self._install(state)
         if self.batcher is None:
-            kind = LoopBatcher if batching_mode(self.settings, state) == "loop" else MicroBatcher
-            self.batcher = kind(Executor(self.metrics), self.settings.max_batch_size, self.settings.max_queue_delay_s,
-                                self.settings.max_queue_size, self.metrics)
+            kind = LoopBatcher if batching_mode(self.settings, state) == "loop" else ThreadBatcher
+            s = self.settings
+            self.batcher = kind(Executor(self.metrics), s.max_batch_size, s.max_queue_delay_s, s.max_queue_size,
+                                self.metrics, preferred_batch_sizes=s.preferred_batch_sizes,
+                                idle_dispatch=s.idle_dispatch)
         self.batcher.start()
 
     async def stop(self) -> None:
@@ -84,18 +94,26 @@ class Service:
             raise _not_ready()
         return state
 
-    def _batcher(self) -> MicroBatcher | LoopBatcher:
+    def _batcher(self) -> ThreadBatcher | LoopBatcher:
         if self.batcher is None:
             raise _not_ready()
         return self.batcher
 
+    def run_job(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run ``fn()`` as a batcher job (the /eval chunks): beside the request batches, never on the loop."""
+        return self._batcher().run_job(fn)
+
     # ------------------------------------------------------------------ recommend
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        (resp,) = await self.recommend_many([req])
-        return resp
+        """One request as a validated ``RecommendResponse`` (Python callers; HTTP uses ``recommend_many``)."""
+        (body,) = await self.recommend_many([req])
+        items = body["items"]
+        return RecommendResponse(**{**body, "items": items.tolist() if hasattr(items, "tolist") else items,
+                                    "scores": body["scores"].tolist()})
 
-    async def recommend_many(self, reqs: list[RecommendRequest], label: str = "requests") -> list[RecommendResponse]:
-        """Validate every request first (422 names the bad one), then queue all queries at once."""
+    async def recommend_many(self, reqs: list[RecommendRequest], label: str = "requests") -> list[dict[str, Any]]:
+        """Validate every request first (422 names the bad one), then queue all queries at once. Returns the
+        answer bodies (``engine.to_answer``: dicts of arrays, written by ``serving.responses``)."""
         state = self.current()
         prepared: list[Prepared] = []
         for i, req in enumerate(reqs):
@@ -106,10 +124,13 @@ class Service:
                     e.message = f"{label}[{i}]: {e.message}"
                     e.extra["index"] = i
                 raise
+        if len(prepared) == 1:  # the usual call: one request, no bookkeeping
+            p = prepared[0]
+            return [to_answer(p, p.result if p.query is None else (await self._run([p.query]))[0])]
         todo = [p for p in prepared if p.query is not None]
         results = await self._run([p.query for p in todo]) if todo else []
         ranked = dict(zip(map(id, todo), results))
-        return [to_response(p, p.result if p.query is None else ranked[id(p)]) for p in prepared]
+        return [to_answer(p, p.result if p.query is None else ranked[id(p)]) for p in prepared]
 
     async def _run(self, queries: list[Any]) -> list[Any]:
         try:
@@ -118,15 +139,23 @@ class Service:
             raise ServingError(503, "overloaded", f"{e}; retry shortly", headers={"Retry-After": RETRY_AFTER_S}) from None
         except BatcherStopped as e:
             raise ServingError(503, "shutting_down", str(e), headers={"Retry-After": RETRY_AFTER_S}) from None
+        # the deadline: one timer that fails what is still waiting (cheaper than wait_for + gather per request)
+        deadline = asyncio.get_running_loop().call_later(self.settings.request_timeout_s, _expire, futures)
         try:
-            return await asyncio.wait_for(asyncio.gather(*futures), self.settings.request_timeout_s)
+            if len(futures) == 1:
+                return [await futures[0]]
+            return await asyncio.gather(*futures)
         except TimeoutError:
             raise ServingError(504, "timeout", f"no answer within {self.settings.request_timeout_s}s") from None
         except BatcherStopped as e:
             raise ServingError(503, "shutting_down", str(e), headers={"Retry-After": RETRY_AFTER_S}) from None
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("inference failed")
             raise ServingError(500, "inference_failed", "inference failed; see the server log") from None
+        finally:
+            deadline.cancel()
 
     # ------------------------------------------------------------------ reload
     async def reload(self) -> ReloadResponse:
@@ -149,93 +178,6 @@ class Service:
         return ReloadResponse(reloaded=True, previous=old.version, model=new.version, path=artifact_display_name(new.artifact.path, self.settings),
                               seconds=round(time.perf_counter() - t0, 4))
 
-    # ------------------------------------------------------------------ eval
-    async def evaluate(self, req: EvalRequest) -> EvalResponse:
-        """Run the offline evaluation through the served path, one at a time (409 while one runs)."""
-        state = self.current()
-        if not self._eval_lock.acquire(blocking=False):
-            raise ServingError(409, "eval_in_progress", "an evaluation is already running; try again later",
-                               headers={"Retry-After": "5"})
-        return await asyncio.to_thread(self._evaluate_locked, state, req)
-
-    def _evaluate_locked(self, state: ModelState, req: EvalRequest) -> EvalResponse:
-        t0 = time.perf_counter()
-        try:
-            resp = self._evaluate(state, req, t0)
-            self.metrics.evals.labels(result="ok").inc()
-            return resp
-        except ServingError:
-            self.metrics.evals.labels(result="rejected").inc()
-            raise
-        except BatcherStopped as e:
-            self.metrics.evals.labels(result="failed").inc()
-            raise ServingError(503, "shutting_down", str(e)) from None
-        except Exception:
-            self.metrics.evals.labels(result="failed").inc()
-            log.exception("/eval failed")
-            raise ServingError(500, "eval_failed", "evaluation failed; see the server log") from None
-        finally:
-            self.metrics.eval_seconds.observe(time.perf_counter() - t0)
-            self._eval_lock.release()
-
-    def _evaluate(self, state: ModelState, req: EvalRequest, t0: float) -> EvalResponse:
-        art = state.artifact
-        ds = self._dataset(req.dataset, art.manifest.get("dataset") or {})
-        negatives = self._negatives(ds, art.manifest.get("dataset") or {}) if req.protocol == "sampled" else None
-        if ds.num_items > art.num_items:
-            raise ServingError(409, "dataset_mismatch",
-                               f"dataset {req.dataset!r} has {ds.num_items} items, the model {art.num_items}")
-        if art.uses_user and art.num_users is not None and ds.num_users > art.num_users:
-            raise ServingError(409, "dataset_mismatch",
-                               f"dataset {req.dataset!r} has {ds.num_users} users, the model {art.num_users}")
-        scorer = eval_scorer(state, self._batcher().run_job, self.settings.eval_chunk)
-        metrics = evaluate(scorer, ds, req.split, req.protocol, max_len=art.max_len, limit_users=req.limit_users,
-                           negatives=negatives)
-        users = ds.num_users if req.limit_users is None else min(req.limit_users, ds.num_users)
-        expected = None
-        if users == ds.num_users:
-            expected = ((art.manifest.get("metrics") or {}).get(req.split) or {}).get(req.protocol)
-        diff = None
-        if expected:
-            diff = max((abs(float(metrics[key]) - float(expected[key])) for key in metrics if key in expected),
-                       default=None)
-        return EvalResponse(dataset=ds.name, split=req.split, protocol=req.protocol, users=users, metrics=metrics,
-                            expected=expected or None, max_abs_diff=diff,
-                            matches=None if diff is None else bool(diff <= EVAL_TOLERANCE),
-                            tolerance=EVAL_TOLERANCE, model=state.version,
-                            seconds=round(time.perf_counter() - t0, 4))
-
-    def _dataset(self, name: str, meta: dict[str, Any]):
-        """The named dataset of the configured data folder (never a path from the request), checksum-checked."""
-        data_dir = self.settings.data_dir
-        try:
-            dataset_path(name, data_dir)
-        except DataError:
-            raise ServingError(404, "dataset_not_found", f"no dataset named {name!r} in the server's data folder") from None
-        try:
-            ds = load_dataset(name, data_dir)
-        except (DataError, OSError) as e:
-            raise ServingError(422, "dataset_unreadable", f"dataset {name!r}: {e}") from None
-        want = meta.get("sha256")
-        if want and want != ds.sha256:
-            raise ServingError(409, "dataset_mismatch",
-                               f"dataset {name!r} (sha256 {ds.sha256[:12]}...) is not the one this model was "
-                               f"trained and evaluated on (sha256 {str(want)[:12]}...)")
-        return ds
-
-    @staticmethod
-    def _negatives(ds, meta: dict[str, Any]):
-        try:
-            negs = load_or_create_negatives(ds)
-        except (DataError, OSError) as e:
-            raise ServingError(422, "negatives_unreadable", f"sampled negatives of {ds.name!r}: {e}") from None
-        want = meta.get("negatives_sha256")
-        if want and want != negs.sha256:
-            raise ServingError(409, "negatives_mismatch",
-                               f"the stored negatives of {ds.name!r} (sha256 {negs.sha256[:12]}...) differ from the "
-                               f"ones the model was evaluated with (sha256 {str(want)[:12]}...)")
-        return negs
-
     # ------------------------------------------------------------------ describe
     def describe(self) -> dict[str, Any]:
         """What /model shows: manifest summary, backend (providers actually in use, index), batching."""
@@ -249,9 +191,10 @@ class Service:
             "warmup_seconds": round(state.warmup_seconds, 4),
             "batching": {"mode": "loop" if isinstance(b, LoopBatcher) else "thread",
                          "max_batch_size": b.max_batch_size, "max_queue_delay_ms": self.settings.max_queue_delay_ms,
+                         "preferred_batch_sizes": sorted(b.preferred_batch_sizes), "idle_dispatch": b.idle_dispatch,
                          "max_queue_size": b.max_queue_size, "queue_depth": b.depth,
                          "inference_count": b.inference_count, "execution_count": b.execution_count,
-                         "average_batch_size": round(b.average_batch_size, 4)},
+                         "idle_dispatches": b.idle_dispatches, "average_batch_size": round(b.average_batch_size, 4)},
             "limits": {"max_k": self.settings.max_k, "max_history_len": self.settings.max_history_len,
                        "max_candidates": self.settings.max_candidates,
                        "max_batch_requests": self.settings.max_batch_requests,

@@ -2,12 +2,16 @@
 
 Two modes:
 
-- ``serving`` (the benchmark's floor): the real app, ``serving.app.create_app`` with its middlewares,
-  error handlers, health/metrics routes and lifespan, where ``/recommend`` and ``/recommend/batch`` are
-  replaced by handlers with the same signature, request models and response models that validate the
-  request and answer from a fixed ranking without touching the model, the queue or the index. What this
-  server costs per request is the price of HTTP + validation + JSON in our stack: the floor under ours.
+- ``serving`` (the benchmark's floor): the real app, ``serving.app.create_app``, with everything it runs
+  per request (the ``/recommend`` fast path: body limits, validation by the request models, orjson
+  answers, error bodies, metrics; the middlewares, error handlers, health/metrics routes and lifespan of
+  the rest), where only the answer is swapped: the service's ``recommend_many`` answers from a fixed
+  ranking without touching the model, the queue or the index. What this server costs per request is the
+  price of HTTP + validation + JSON in our stack: the floor under ours, whatever that stack is.
   Needs an artifact (``SSI_ARTIFACT_PATH``), because the app's lifespan loads one before it is ready.
+- ``fastapi``: the same, with the ``/recommend`` fast path switched off: FastAPI's typed routes (request
+  models in, response models out, routing, dependencies, middlewares) answer the fixed ranking. The floor
+  of the benchmark runs before the fast path existed; the bench measures its CPU per request beside ours.
 - ``standalone``: a minimal FastAPI app with the same request schema and no artifact (for tests and for
   the JSON/HTTP levers).
 
@@ -133,15 +137,27 @@ def _add_model_routes(app: FastAPI, ranker: FixedRanker) -> None:
 
 
 def _serving_app(ranker: FixedRanker) -> FastAPI:
-    """The real app with the two recommendation routes swapped for fixed answers."""
+    """The real app, whose service answers from the fixed ranking (its routes and per-request path unchanged)."""
     from serving.app import create_app as create_serving_app
     from serving.config import Settings
+    from serving.errors import ServingError
 
     app = create_serving_app(Settings())
+
+    async def recommend_many(reqs: list[RecommendRequest], label: str = "requests") -> list[dict[str, Any]]:
+        out = []
+        for i, req in enumerate(reqs):
+            answer = ranker.answer(req)
+            if isinstance(answer, tuple):
+                where = f"{label}[{i}]: " if len(reqs) > 1 else ""
+                raise ServingError(answer[0], "invalid_request", where + answer[1])
+            answer["model"] = MODEL
+            out.append(answer)
+        return out
+
+    app.state.service.recommend_many = recommend_many  # the fast path asks the service for its answers
     n_before = len(app.router.routes)
-    _add_model_routes(app, ranker)
-    # Routes match in list order: move the floor's two routes in front of the app's own routers (FastAPI
-    # may keep included routers as single entries, so the real routes cannot simply be filtered out).
+    _add_model_routes(app, ranker)  # the typed routes too (used only without the fast path), in front
     added = app.router.routes[n_before:]
     del app.router.routes[n_before:]
     app.router.routes[0:0] = added
@@ -156,18 +172,22 @@ def create_app(num_items: int | None = None, mode: str | None = None, json_mode:
     ranker = FixedRanker(n)
     if mode == "serving":
         return _serving_app(ranker)
+    if mode == "fastapi":
+        app = _serving_app(ranker)
+        app.fast_path = None  # type: ignore[attr-defined]  # FastAPI's routes answer (see the module docstring)
+        return app
     if mode == "standalone":
         return _standalone_app(ranker, json_mode)
-    raise ValueError(f"mode must be 'serving' or 'standalone', got {mode!r}")
+    raise ValueError(f"mode must be 'serving', 'fastapi' or 'standalone', got {mode!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = cli("HTTP floor server: the real request schema, a fixed answer, no model (for the benchmark).",
             "python -m loadtest.baselines.floor")
     p.add_argument("--num-items", type=int, required=True, help="catalogue size (item ids 1..N)")
-    p.add_argument("--mode", choices=("serving", "standalone"), default="standalone",
-                   help="serving: the real app (needs SSI_ARTIFACT_PATH) with fixed-answer routes; "
-                        "standalone: a minimal app, no artifact")
+    p.add_argument("--mode", choices=("serving", "fastapi", "standalone"), default="standalone",
+                   help="serving: the real app (needs SSI_ARTIFACT_PATH) answering a fixed ranking; fastapi: the "
+                        "same through FastAPI's routes (no fast path); standalone: a minimal app, no artifact")
     p.add_argument("--json", dest="json_mode", choices=("model", "orjson"), default="model",
                    help="standalone only: model = FastAPI response models (as the real server); "
                         "orjson = raw bytes in, orjson out")

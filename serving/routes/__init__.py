@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from serving.evaluation import Evaluator
 from serving.security import AdminPolicy
 from serving.service import Service
 
@@ -21,6 +22,14 @@ async def get_service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+async def get_evaluator(request: Request) -> Evaluator:
+    """The app's /eval runner (``serving.evaluation``)."""
+    return request.app.state.evaluator
+
+
+EvaluatorDep = Annotated[Evaluator, Depends(get_evaluator)]
 
 
 async def require_admin(request: Request, key: str | None = Security(api_key_header)) -> None:

@@ -1,5 +1,11 @@
-"""POST /recommend and /recommend/batch."""
+"""POST /recommend and /recommend/batch, typed: they state the API in the OpenAPI schema.
+
+In the app they are answered by ``serving.fastpath`` (the same models and service, without FastAPI's
+per-request machinery): these handlers run only in an app without that path, and give the same answers.
+"""
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -22,9 +28,9 @@ router = APIRouter(tags=["recommend"])
 async def recommend(req: RecommendRequest, service: ServiceDep, request: Request) -> RecommendResponse:
     """Top-k items for a history (most recent last). Empty history: popularity ranking."""
     mark_handler_start(request.scope, service.metrics)
-    resp = await service.recommend(req)
+    (body,) = await service.recommend_many([req])
     mark_handler_done(request.scope)
-    return resp
+    return _response(body)
 
 
 @router.post("/recommend/batch", response_model=RecommendBatchResponse, response_model_exclude_none=True,
@@ -36,6 +42,13 @@ async def recommend_batch(body: RecommendBatchRequest, service: ServiceDep,
     limit = service.settings.max_batch_requests
     if len(body.requests) > limit:
         raise bad_request(f"{len(body.requests)} requests in one call; at most {limit} are accepted")
-    resp = RecommendBatchResponse(results=await service.recommend_many(body.requests))
+    resp = RecommendBatchResponse(results=[_response(b) for b in await service.recommend_many(body.requests)])
     mark_handler_done(request.scope)
     return resp
+
+
+def _response(body: dict[str, Any]) -> RecommendResponse:
+    """An answer body (``engine.to_answer``) as the response model."""
+    items = body["items"]
+    return RecommendResponse(**{**body, "items": items.tolist() if hasattr(items, "tolist") else items,
+                                "scores": [float(x) for x in body["scores"]]})

@@ -14,7 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from loadtest.baselines.floor import FixedRanker, create_app
-from loadtest.bench import compute_ratios, cpu_per_request_us, render_markdown, resolve_artifact
+from loadtest.bench import (
+    compute_ratios,
+    cpu_per_request_us,
+    evaluate_targets,
+    render_markdown,
+    resolve_artifact,
+)
 from loadtest.traffic import TrafficConfig, build_pool, check_response
 from serving.schemas import RecommendRequest
 
@@ -117,7 +123,7 @@ def test_render_markdown() -> None:
               "dataset": "lastfm", "k": 10, "anonymous_share": 0.3, "exclude_seen_share": 0.5,
               "candidates_share": 0.1, "batch_share": 0.05, "batch_size": 8, "cold_share": 0.02,
               "step_seconds": 8.0, "p99_limit_ms": 50.0, "moderate_rate": 200.0, "moderate_seconds": 12.0,
-              "lever_seconds": 8.0}
+              "lever_seconds": 8.0, "loadgen_cpus": "0"}
     res = {
         "started": "now", "config": config, "notes": ["a note"],
         "servers": [
@@ -133,18 +139,27 @@ def test_render_markdown() -> None:
                       "client_rtt_p50_us": 700.0, "client_rtt_p99_us": math.nan},
         "levers": {"users": 8, "rows": [{"lever": "x", "setting": "y", **_step(8, 800, 25), "relative": 0.8},
                                          {"lever": "z", "setting": "w", "error": "skipped (time budget)"}]},
+        "scaling": {"loadgen_cpus": "0", "rows": [
+            {"workers": 1, "best": _step(8, 1000, 20), "peak": 1100.0, "relative": 1.0},
+            {"workers": 2, "error": "server did not start"}]},
         "sweep": {"device": "cuda", "rows": [
             {"mode": "thread", "max_batch_size": 32, "best": _step(16, 2400, 9), "mean_batch": 11.5},
             {"mode": "thread", "max_batch_size": 1, "best": None},
             {"mode": "thread", "max_batch_size": 8, "error": "server did not start"}]},
     }
+    res["targets"] = evaluate_targets(res)
     md = render_markdown(res)
     assert "Batch-size sweep (ours, device cuda; max throughput at p99 <= 50 ms" in md
     assert "| thread | 32 | 2400 | 16 | 3 / 9 | 11.5 |" in md
     assert "| thread | 1 | no step under the limit |" in md and "| thread | 8 | server did not start |" in md
     assert "| floor | 1000 | 8 | 7 / 20 | 1000 | 3 / 10 | 4500 | 0 |" in md  # 0.9 cores / 200 req/s = 4.5 ms
     assert "error: boom" in md and "| ours | none |" in md
-    assert "| max throughput at the p99 limit (targets: >= 0.8, >= 2) | 0.90 | n/a |" in md
+    assert "| max throughput at the p99 limit (targets: >= 0.6, >= 4) | 0.90 | n/a |" in md
+    assert "| 1 | 1000 | 8 | 7 / 20 | 0.90 | 1100 | 1.00x |" in md and "| 2 | server did not start |" in md
+    assert "load generator pinned to CPU 0 (taskset)" in md
+    assert "| single request, server total (mean, batch 1) | <= 1000 us | 500 us | yes |" in md
+    assert "| single request, queue wait (mean, idle server) | near 0 (<= 100 us) | 100 us | yes |" in md
+    assert "| ours / naive, max req/s at the p99 limit | >= 4 | n/a | n/a |" in md
     assert "| queue | 100 | 90 |" in md and "0.80x" in md and "skipped (time budget)" in md and "- a note" in md
 
 
@@ -163,3 +178,21 @@ def test_compute_ratios() -> None:
     assert r["peak_ours_over_naive"] == pytest.approx(9.0)
     assert r["cpu_ours_vs_floor"] == pytest.approx(0.8) and r["cpu_ours_vs_naive"] == pytest.approx(3.2)
     assert math.isnan(cpu_per_request_us(None)) and cpu_per_request_us(_step(8, 100, 1)) == pytest.approx(9000)
+
+
+def test_targets_from_ratios_and_breakdown() -> None:
+    res = {"ratios": {"ours_over_floor": 0.65, "ours_over_naive": 3.5, "cpu_ours_vs_floor": 0.5},
+           "breakdown": {"stages": {"queue": {"mean_us": 20.0}}, "server_total": {"mean_us": 1200.0}}}
+    met = {t["target"].split(",")[0] + t["goal"]: t["met"] for t in evaluate_targets(res)}
+    assert met == {"ours / floor>= 0.6": True, "ours / naive>= 4": False, "single request<= 1000 us": False,
+                   "single requestnear 0 (<= 100 us)": True, "server CPU per request<= 1.6x": False}
+    assert all(t["met"] is None for t in evaluate_targets({}))
+
+
+def test_fastapi_mode_floor_answers_through_the_typed_routes() -> None:
+    """The floor of the earlier runs: the same fixed answers, through FastAPI's routes and response models."""
+    client = TestClient(create_app(100, "fastapi"))
+    assert client.app.fast_path is None
+    r = client.post("/recommend", json={"history": [1, 2, 3], "k": 4})
+    assert r.status_code == 200 and r.json()["items"] == [4, 5, 6, 7] and r.json()["model"] == "floor"
+    assert client.post("/recommend", json={"history": [1], "k": 0}).json()["error"] == "validation_error"

@@ -109,6 +109,24 @@ def test_gpu_check_script_parses_and_uses_existing_options() -> None:
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     text = script.read_text()
     bench = _run(["-m", "loadtest.bench", "--help"]).stdout
-    for flag in ("--device", "--p99-limit-ms", "--batch-sweep", "--step-seconds", "--no-levers", "--work-dir"):
+    for flag in ("--device", "--p99-limit-ms", "--batch-sweep", "--step-seconds", "--no-levers", "--work-dir",
+                 "--loadgen-cpus", "--scaling"):
         assert flag in text and flag in bench, flag
     assert "-m gpu" in text and "--device cuda" in text
+
+
+def test_load_generator_pinning() -> None:
+    from loadtest.run import pin_command
+
+    cmd = pin_command(["python", "-m", "locust"], "0")
+    assert cmd[1:3] == ["-c", "0"] and cmd[-3:] == ["python", "-m", "locust"] and cmd[0].endswith("taskset")
+    with pytest.raises(ValueError, match="bad CPU list"):
+        pin_command(["x"], "zero")
+    with pytest.raises(ValueError, match="may not use"):
+        pin_command(["x"], "4096")
+    from loadtest.bench import BenchSettings
+
+    assert BenchSettings(loadgen_cpus="").pinned_cpus() == ""
+    assert BenchSettings(loadgen_cpus="1").pinned_cpus() == "1"
+    auto = BenchSettings().pinned_cpus()
+    assert auto == ("" if len(os.sched_getaffinity(0)) < 2 else str(min(os.sched_getaffinity(0))))

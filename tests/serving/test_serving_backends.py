@@ -96,10 +96,11 @@ def test_cpu_backend_with_hnsw_index(artifact_v1: Path) -> None:
 
 def test_cpu_backend_from_artifact(artifact_v1: Path) -> None:
     art = load_artifact(artifact_v1)
-    backend = create_backend(art, "cpu", threads=1)
+    backend = create_backend(art, "cpu", threads=1, index=IndexSpec(scoring="faiss"))
     info = backend.describe()
     assert info["encoder"]["providers"] == ["CPUExecutionProvider"]
     assert info["index"]["type"] == "IndexFlatIP" and info["device"] == "cpu"
+    assert info["index"]["chosen_because"] == "scoring=faiss (setting)"
     hist = np.zeros((3, art.max_len), dtype=np.int64)
     hist[:, -3:] = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     q = backend.encode(hist, np.array([0, 1, 2]))

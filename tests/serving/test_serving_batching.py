@@ -1,4 +1,5 @@
-"""Both batchers (thread: MicroBatcher, loop: LoopBatcher): size or delay, bounded queue, jobs, failures."""
+"""Both batchers (thread: ThreadBatcher, loop: LoopBatcher): size or delay, idle dispatch, preferred sizes,
+bounded queue, jobs, failures."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,8 @@ import time
 
 import pytest
 
-from serving.batching import BatcherStopped, LoopBatcher, MicroBatcher, QueueFullError
+import serving.batching
+from serving.batching import BatcherStopped, LoopBatcher, MicroBatcher, QueueFullError, ThreadBatcher
 from serving.metrics import ServingMetrics
 
 
@@ -31,7 +33,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture(params=[MicroBatcher, LoopBatcher], ids=["thread", "loop"])
+@pytest.fixture(params=[ThreadBatcher, LoopBatcher], ids=["thread", "loop"])
 def kind(request: pytest.FixtureRequest) -> type:
     """The batcher class: every contract test below runs for both execution modes."""
     return request.param
@@ -39,7 +41,7 @@ def kind(request: pytest.FixtureRequest) -> type:
 
 def test_full_batch_is_sent_without_waiting_for_the_delay(kind: type) -> None:
     rec = Recorder()
-    b = kind(rec, max_batch_size=4, max_queue_delay_s=5.0, max_queue_size=100)
+    b = kind(rec, max_batch_size=4, max_queue_delay_s=5.0, max_queue_size=100, idle_dispatch=False)
     b.start()
 
     async def main() -> tuple[list, float]:
@@ -58,7 +60,7 @@ def test_full_batch_is_sent_without_waiting_for_the_delay(kind: type) -> None:
 
 def test_partial_batch_waits_for_the_oldest_request_delay(kind: type) -> None:
     rec = Recorder()
-    b = kind(rec, max_batch_size=64, max_queue_delay_s=0.15, max_queue_size=100)
+    b = kind(rec, max_batch_size=64, max_queue_delay_s=0.15, max_queue_size=100, idle_dispatch=False)
     b.start()
 
     async def main() -> float:
@@ -73,6 +75,109 @@ def test_partial_batch_waits_for_the_oldest_request_delay(kind: type) -> None:
     assert rec.sizes == [3]
     assert 0.1 <= took < 2.0
     assert b.average_batch_size == 3.0
+
+
+# ------------------------------------------------------------------------------- idle dispatch, under load
+
+
+def test_a_lone_request_on_an_idle_server_is_sent_at_once(kind: type) -> None:
+    """Idle dispatch: no max_queue_delay for a request that nothing else accompanies (Triton-like)."""
+    rec = Recorder()
+    metrics = ServingMetrics()
+    b = kind(rec, max_batch_size=32, max_queue_delay_s=5.0, max_queue_size=10, metrics=metrics)
+    b.start()
+
+    async def main() -> list[float]:
+        took = []
+        for i in range(3):  # sequential requests: every batch holds one, the server stays idle
+            t0 = time.perf_counter()
+            await b.submit(i)
+            took.append(time.perf_counter() - t0)
+        return took
+
+    try:
+        took = run(main())
+    finally:
+        b.stop()
+    assert max(took) < 1.0, took  # far below the 5 s delay
+    assert rec.sizes == [1, 1, 1] and b.idle_dispatches == 3
+    assert metrics.sample("ssi_queue_seconds_sum") < 1.0
+
+
+def test_loop_mode_under_load_waits_for_the_delay_then_idles_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of several requests (requests overlapped) put the batcher under load: the next lone request waits
+    for max_queue_delay (more may come); after IDLE_AFTER_DELAYS quiet delays it is idle again."""
+    monkeypatch.setattr(serving.batching, "IDLE_AFTER_DELAYS", 3)
+    rec = Recorder()
+    b = LoopBatcher(rec, max_batch_size=32, max_queue_delay_s=0.2, max_queue_size=10)
+    b.start()
+
+    async def timed(n: int) -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(b.submit(i) for i in range(n)))
+        return time.perf_counter() - t0
+
+    async def main() -> list[float]:
+        first = await timed(8)  # idle: at the end of the loop turn, all 8 in one batch (average size 1.6)
+        loaded = await timed(1)  # recent batches held several: under load, waits for the delay
+        await asyncio.sleep(0.9)  # > 3 x 0.2 s since that batch: idle again
+        idle = await timed(1)
+        return [first, loaded, idle]
+
+    try:
+        first, loaded, idle = run(main())
+    finally:
+        b.stop()
+    assert rec.sizes == [8, 1, 1]
+    assert first < 0.15 and 0.15 <= loaded < 2.0 and idle < 0.15, (first, loaded, idle)
+
+
+def test_preferred_batch_size_goes_before_the_delay() -> None:
+    rec = Recorder()
+    b = LoopBatcher(rec, max_batch_size=32, max_queue_delay_s=5.0, max_queue_size=100, preferred_batch_sizes=[3],
+                    idle_dispatch=False)
+    b.start()
+
+    async def main() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(b.submit(i) for i in range(3)))
+        return time.perf_counter() - t0
+
+    try:
+        took = run(main())
+    finally:
+        b.stop()
+    assert rec.sizes == [3] and took < 2.0
+
+
+def test_thread_mode_under_load_waits_for_a_preferred_size() -> None:
+    """Thread mode: requests that queued while a batch ran make the batcher busy; the next batch then goes
+    when it reaches a preferred size (2 here), not at the first request."""
+    rec = Recorder()
+    rec.gate.clear()
+    b = ThreadBatcher(rec, max_batch_size=32, max_queue_delay_s=5.0, max_queue_size=100, preferred_batch_sizes=[2])
+    b.start()
+
+    async def main() -> float:
+        first = asyncio.ensure_future(b.submit(0))  # idle: sent at once, held by the gate
+        await asyncio.to_thread(rec.started.wait, 5)
+        queued = [asyncio.ensure_future(b.submit(i)) for i in range(1, 9)]  # wait while the worker is busy
+        await asyncio.sleep(0.05)
+        rec.gate.set()
+        await asyncio.gather(first, *queued)  # batch [0], then the 8 (the worker is free: idle, all queued)
+        t0 = time.perf_counter()
+        a = asyncio.ensure_future(b.submit(9))  # recent batches held several: under load, waits for a second one
+        await asyncio.sleep(0.3)
+        assert not a.done()
+        await asyncio.gather(a, b.submit(10))
+        return time.perf_counter() - t0
+
+    try:
+        took = run(main())
+    finally:
+        rec.gate.set()
+        b.stop()
+    assert rec.sizes == [1, 8, 2] and 0.3 <= took < 4.0, (rec.sizes, took)
 
 
 def test_batches_never_exceed_max_batch_size_and_counts_add_up(kind: type) -> None:
@@ -154,6 +259,7 @@ def test_item_exception_fails_only_that_request(kind: type) -> None:
 
 
 def test_jobs_run_on_the_worker_thread_between_batches() -> None:
+    assert MicroBatcher is ThreadBatcher  # the former name still works
     names: list[str] = []
     b = MicroBatcher(lambda p: [x for x in p], max_batch_size=2, max_queue_delay_s=0.0, max_queue_size=10)
     b.start()

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from serving_factory import V1
 
+from protocol.data import resolve_data_dir
 from serving.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,14 +58,59 @@ def test_corrupt_artifact_via_env_fails_cleanly(artifact_root: Path) -> None:
     _one_clean_line(out, "encoder.onnx", "missing file")
 
 
-def test_uvicorn_entry_point_fails_cleanly(tmp_path: Path) -> None:
+UVICORN_ENTRY_POINTS = [["--factory", "serving.app:create_app"], ["serving.app:app"]]
+
+
+@pytest.mark.parametrize("entry", UVICORN_ENTRY_POINTS, ids=["factory", "app"])
+def test_uvicorn_entry_point_fails_cleanly(tmp_path: Path, entry: list[str]) -> None:
     missing = tmp_path / "nothing-here"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SSI_")}
     env["SSI_ARTIFACT_ROOT"] = str(missing)
-    out = subprocess.run([sys.executable, "-m", "uvicorn", "serving.app:app", "--port", "0"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "uvicorn", *entry, "--port", "0"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert f"cannot start: {missing}: artifact root does not exist" in out.stderr
+
+
+def test_importing_the_app_module_builds_no_app() -> None:
+    """``serving.app`` builds nothing at import (no settings read, no metrics registry); ``app`` is made on
+    first access, once."""
+    code = ("import serving.app as m, sys; built = 'app' in vars(m); a = m.app; "
+            "sys.stdout.write(f'{built} {a is m.app} {type(a).__name__}')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSI_")}
+    env["SSI_ARTIFACT_ROOT"] = "/nonexistent"  # building the app must not need the artifact (lifespan does)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "False True ServingApp"  # FastAPI with the /recommend fast path
+
+
+def test_uvicorn_factory_serves(artifact_root: Path, data_dir: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSI_")}
+    env.update({"SSI_DATA_DIR": str(data_dir), "SSI_ARTIFACT_ROOT": str(artifact_root), "SSI_LOG_LEVEL": "warning"})
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "serving.app:create_app", "--port",
+                             str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(proc, f"http://127.0.0.1:{port}")
+        r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"history": [1, 2, 3], "k": 5})
+        assert r.status_code == 200 and r.json()["model"] == V1 and len(r.json()["items"]) == 5
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.1)
 
 
 def test_invalid_setting_fails_cleanly() -> None:
@@ -82,7 +128,7 @@ def test_settings_from_env_and_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.delenv("SSI_DATA_DIR")
     monkeypatch.setenv("SSI_API_KEY", "")
     s = Settings()
-    assert s.data_dir == Path("data") and s.api_key is None
+    assert s.data_dir is None and s.data_folder == resolve_data_dir() and s.api_key is None  # the one rule
     with pytest.raises(ValueError):
         Settings(max_k=1001)
 

@@ -61,6 +61,25 @@ def test_eval_never_takes_a_path(client: TestClient, name: str) -> None:
 def test_eval_unknown_dataset(client: TestClient) -> None:
     r = client.post("/eval", json={"dataset": "beauty"})
     assert r.status_code == 404 and "beauty" in r.json()["message"]
+    # the data folder (a temporary folder here, outside the working folder) is named by its label, with
+    # the datasets that are there
+    assert "data folder <data folder>" in r.json()["message"] and f"datasets there: {DATASET}" in r.json()["message"]
+
+
+def test_eval_404_names_a_relative_data_folder(make_client, artifact_root: Path, data_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder it looked in, as the operator spelled it (relative to the working folder): ``data``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    shutil.copy(data_dir / f"{DATASET}.txt", tmp_path / "data")
+    c = make_client(artifact_root, data_dir=Path("data"))
+    body = c.post("/eval", json={"dataset": "beauty"}).json()
+    assert body["error"] == "dataset_not_found"
+    assert "in the server's data folder data; datasets there: tiny" in body["message"], body
+    assert str(tmp_path) not in body["message"]
+    empty = make_client(artifact_root, data_dir=Path("nowhere"))
+    body = empty.post("/eval", json={"dataset": DATASET}).json()
+    assert "data folder nowhere, which does not exist" in body["message"], body
 
 
 @pytest.mark.parametrize("body", [{"dataset": DATASET, "split": "train"}, {"dataset": DATASET, "protocol": "all"},
@@ -131,13 +150,13 @@ def test_eval_needs_the_api_key_when_configured(make_client, artifact_root: Path
 
 def test_eval_runs_in_a_thread_not_on_the_loop(client: TestClient) -> None:
     seen: list[str] = []
-    service = client.app.state.service
-    inner = service._evaluate
+    evaluator = client.app.state.evaluator
+    inner = evaluator._evaluate
 
     def spy(*args, **kwargs):
         seen.append(threading.current_thread().name)
         return inner(*args, **kwargs)
 
-    service._evaluate = spy
+    evaluator._evaluate = spy
     assert client.post("/eval", json={"dataset": DATASET, "limit_users": 2}).status_code == 200
     assert seen and seen[0] != threading.main_thread().name and seen[0] != "serving-worker"

@@ -1,0 +1,148 @@
+"""Exact CPU scoring paths (serving/scoring.py): matmul + blocked top-k and FAISS give the same top-k, with the
+same tie rule, consistent with the protocol's pessimistic ranks; the path is chosen per artifact."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protocol import pessimistic_ranks
+from serving.artifact import load_artifact
+from serving.backends import FaissCpuSearcher, IndexSpec, create_backend
+from serving.scoring import (
+    BLOCK,
+    MatmulSearcher,
+    choose_scoring,
+    measure,
+    select_topk,
+    sort_rows,
+    topk,
+)
+
+
+def reference(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A full stable sort: score descending, then id ascending."""
+    n = scores.shape[1]
+    order = np.stack([np.lexsort((np.arange(n), -row))[:k] for row in scores])
+    return np.take_along_axis(scores, order, axis=1), order + 1
+
+
+def tied_table(n: int, d: int, b: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Small integer vectors: inner products are exact in float32 and full of ties."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(-2, 3, size=(n, d)).astype(np.float32), rng.integers(-2, 3, size=(b, d)).astype(np.float32))
+
+
+@pytest.mark.parametrize("n,b,k", [(40, 1, 5), (40, 6, 40), (3000, 1, 10), (3000, 8, 10), (3000, 32, 64),
+                                   (3000, 5, 300), (BLOCK * 100 + 3, 16, 7)])
+def test_matmul_top_k_equals_a_full_stable_sort_with_ties(n: int, b: int, k: int) -> None:
+    """Blocked (large catalogue, batch >= 4) and plain selection alike: ties by the smaller id, at the k-th place
+    too (a tie group straddling it keeps its smallest ids)."""
+    items, queries = tied_table(n, 3, b, seed=n + b + k)
+    got = MatmulSearcher(items).search(queries, k)
+    want = reference(queries @ items.T, min(k, n))
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("b", [1, 3, 12])
+def test_masked_search_leaves_out_excluded_items_without_over_fetch(b: int) -> None:
+    items, queries = tied_table(2000, 4, b, seed=b)
+    rng = np.random.default_rng(b)
+    exclude = [rng.choice(2000, size=int(rng.integers(0, 300)), replace=True) + 1 for _ in range(b)]
+    _, ids = MatmulSearcher(items).search_masked(queries, 10, exclude)
+    full = queries @ items.T
+    for r, e in enumerate(exclude):
+        full[r, e - 1] = -np.inf
+    want = reference(full, 10)
+    np.testing.assert_array_equal(ids, want[1])
+    assert all(not set(row) & set(e.tolist()) for row, e in zip(ids.tolist(), exclude))
+
+
+def test_masked_rows_with_fewer_items_left_than_k_end_in_minus_inf() -> None:
+    items, queries = tied_table(30, 2, 2, seed=0)
+    scores, ids = MatmulSearcher(items).search_masked(queries, 10, [np.arange(1, 26), np.zeros(0, dtype=np.int64)])
+    assert np.isfinite(scores[0]).sum() == 5 and set(ids[0][np.isfinite(scores[0])].tolist()) == set(range(26, 31))
+    assert np.isfinite(scores[1]).all()
+
+
+@pytest.mark.parametrize("n,b,k", [(500, 1, 10), (3000, 7, 10), (3000, 32, 50), (257, 25, 257)])
+def test_faiss_and_matmul_give_the_same_top_k_with_ties(n: int, b: int, k: int) -> None:
+    """The two exact paths answer identically, ties included: FAISS fetches one more, its rows are re-sorted by
+    the same rule, and a row tied at the k-th place beyond what it fetched is scored again (settle_ties).
+    Batches of 20 or more take FAISS's BLAS path, which keeps an arbitrary part of a tie at its boundary."""
+    pytest.importorskip("faiss")
+    items, queries = tied_table(n, 3, b, seed=k)
+    a = MatmulSearcher(items).search(queries, k)
+    f = FaissCpuSearcher(items, threads=1).search(queries, k)
+    np.testing.assert_array_equal(f[1], a[1])
+    np.testing.assert_array_equal(f[0], a[0])
+
+
+def test_faiss_and_matmul_agree_on_real_valued_tables() -> None:
+    """Float vectors: the two sum in different orders, so scores may differ in the last bits; the ids agree
+    except where two scores are that close."""
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((12101, 51)).astype(np.float32)
+    queries = rng.standard_normal((32, 51)).astype(np.float32)
+    a = MatmulSearcher(items).search(queries, 10)
+    f = FaissCpuSearcher(items, threads=1).search(queries, 10)
+    np.testing.assert_allclose(f[0], a[0], rtol=1e-5, atol=1e-5)
+    differ = f[1] != a[1]
+    assert not differ.any() or np.all(np.abs(np.diff(a[0], axis=1)).min() < 1e-4)
+
+
+def test_top_k_is_consistent_with_the_protocols_pessimistic_ranks() -> None:
+    """The protocol ranks a target behind every item tied with it. A served top-k list never drops an item that
+    the protocol ranks within k even so, and never puts an item ahead of its optimistic place."""
+    items, queries = tied_table(800, 2, 16, seed=3)
+    k = 20
+    scores = queries @ items.T
+    _, ids = MatmulSearcher(items).search(queries, k)
+    for r in range(len(queries)):
+        row = scores[r:r + 1].repeat(scores.shape[1], axis=0)
+        pess = pessimistic_ranks(row, np.arange(scores.shape[1]))  # rank of every item as a target
+        higher = (scores[r][None, :] > scores[r][:, None]).sum(axis=1)  # optimistic rank
+        listed = set(ids[r].tolist())
+        assert {i + 1 for i in np.flatnonzero(pess < k)} <= listed
+        for pos, item in enumerate(ids[r].tolist()):
+            assert higher[item - 1] <= pos <= pess[item - 1]
+
+
+def test_select_topk_with_labels_and_sort_rows() -> None:
+    vals = np.array([[1.0, 3.0, 3.0, 2.0]], dtype=np.float32)
+    labels = np.array([[9, 7, 5, 1]])
+    top, lab = select_topk(vals, 2, labels)
+    assert lab.tolist() == [[5, 7]] and top.tolist() == [[3.0, 3.0]]
+    _, i = sort_rows(np.array([[2.0, 3.0, 3.0]]), np.array([[4, 9, 2]]))
+    assert i.tolist() == [[2, 9, 4]]
+    assert topk(vals, 10)[1].tolist() == [[2, 3, 4, 1]]  # k above N: every item, ordered, ties by id
+
+
+def test_choose_scoring_rule() -> None:
+    assert choose_scoring("auto", 12_101)[0] == "matmul"
+    assert choose_scoring("auto", 1_000_000)[0] == "faiss"
+    assert choose_scoring("auto", 500, max_items=100)[0] == "faiss"
+    assert choose_scoring("faiss", 10) == ("faiss", "scoring=faiss (setting)")
+    assert choose_scoring("matmul", 10**9)[0] == "matmul"
+
+
+def test_backend_picks_the_path_per_artifact(artifact_v1: Path) -> None:
+    art = load_artifact(artifact_v1)
+    auto = create_backend(art, "cpu", threads=1)
+    forced = create_backend(art, "cpu", threads=1, index=IndexSpec(scoring="auto", matmul_max_items=10))
+    assert auto.describe()["index"]["type"] == "exact-matmul" and auto.name == "ort-cpu+numpy-cpu"
+    assert forced.describe()["index"]["type"] == "IndexFlatIP"
+    assert "matmul_max_items 10" in forced.describe()["index"]["chosen_because"]
+    q = auto.encode(np.ones((3, art.max_len), dtype=np.int64), np.zeros(3, dtype=np.int64))
+    np.testing.assert_array_equal(auto.search(q, 10)[1], forced.search(q, 10)[1])
+
+
+def test_measure_reports_both_paths() -> None:
+    pytest.importorskip("faiss")
+    items = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
+    rows = measure(items, batch_sizes=(1, 4), reps=3)
+    assert [r["batch"] for r in rows] == [1, 4]
+    assert all(r["same_topk"] and r["matmul_us"] > 0 and r["faiss_us"] > 0 for r in rows)
