@@ -1,7 +1,7 @@
 """The serving benchmark: HTTP floor vs naive torch server vs ours, same machine, same traffic, one run.
 
-    python -m loadtest.bench                                   # builds a smoke model + artifact if needed
-    python -m loadtest.bench --artifact artifacts/serving/hgn/<version> --run-dir artifacts/runs/lastfm/hgn/seed0
+    python -m loadtest.bench                                   # builds an untrained model + artifact if needed
+    python -m loadtest.bench --artifact artifacts/serving --run-dir artifacts/runs-smoke/lastfm/ssi_hgn/seed42
 
 Servers (each started and stopped by this script, on a free loopback port, one at a time):
 
@@ -77,6 +77,12 @@ class ServerSpec:
     cmd: list[str]
     env: dict[str, str] = field(default_factory=dict)
     port_arg: str | None = "--port"  # None: the port goes in SSI_PORT
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (``timeout``, ``kill``) raises SystemExit like Ctrl-C raises KeyboardInterrupt, so that the
+    ``with ManagedServer`` blocks stop the servers started here instead of leaving them running."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 class ManagedServer:
@@ -551,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parsed = build_parser().parse_args(argv)
+    exit_on_sigterm()
     try:
         args = from_args(BenchSettings, parsed)
         traffic = from_args(TrafficConfig, parsed)

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench import PY, ROOT, ManagedServer, ServerSpec, measure, resolve_artifact
+from loadtest.bench import PY, ROOT, ManagedServer, ServerSpec, exit_on_sigterm, measure, resolve_artifact
 from loadtest.traffic import TrafficConfig
 from protocol.artifact import MANIFEST, read_manifest
 from protocol.data import resolve_data_dir
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             ServerSpec("floor", "floor", [PY, "-m", "loadtest.baselines.floor", "--mode", "serving", "--num-items",
                                           num_items], env))
     raw = out / f"{args.server}.collapsed.txt"
+    exit_on_sigterm()
     with ManagedServer(spec, out) as srv:
         measure(srv, 4, 3, traffic, out / "warmup", loadgen_cpus=args.loadgen_cpus)
         spy_proc = subprocess.Popen([spy, "record", "--pid", str(srv.pid), "--rate", str(args.rate), "--duration",

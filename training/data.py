@@ -32,6 +32,7 @@ from protocol.data import (
     SequenceDataset,
     load_dataset,
     resolve_data_dir,
+    sha256_file,
 )
 from training.io import atomic_write_json, atomic_write_text
 
@@ -42,8 +43,12 @@ def download(name: str, data_dir: Path, url: str | None = None) -> Path:
     if file is None:
         raise DataError(f"no public download for {name!r}; known: {', '.join(DATASET_FILES)}")
     url = url or DOWNLOAD_URL.format(file=file)
-    data_dir.mkdir(parents=True, exist_ok=True)
     target, tmp = data_dir / file, data_dir / f".{file}.part"
+    expected = SHA256.get(file)
+    if expected and target.is_file() and sha256_file(target) == expected:  # nothing to fetch, nothing written
+        print(f"ok: {target} already present (sha256 {expected})")
+        return target
+    data_dir.mkdir(parents=True, exist_ok=True)
     print(f"downloading {url} -> {target}")
     try:
         with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
@@ -54,7 +59,6 @@ def download(name: str, data_dir: Path, url: str | None = None) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise DataError(f"download of {url} failed: {e}") from None
-    expected = SHA256.get(file)
     if expected and h.hexdigest() != expected:
         tmp.unlink(missing_ok=True)
         raise DataError(f"{url}: sha256 {h.hexdigest()} does not match the expected {expected}; file discarded")
@@ -169,7 +173,9 @@ def info(name: str, data_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=None, help="data folder (default: $SSI_DATA_DIR, else ./data)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="data folder (default: $SSI_DATA_DIR, else ./data when it exists, "
+                   "else ../shared/data beside the checkout when it exists, else ./data)")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("download", help="download a paper dataset and verify its sha256")
     d.add_argument("name", choices=sorted(DATASET_FILES))

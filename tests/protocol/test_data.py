@@ -68,6 +68,22 @@ def test_missing_dataset_hint_runs_as_printed(tmp_path, monkeypatch):
     assert calls == [("beauty", tmp_path)]
 
 
+def test_download_of_a_present_verified_file_fetches_nothing(tmp_path, monkeypatch, capsys):
+    """`download` on a file already there with the expected sha256 (e.g. a read-only shared data folder)
+    succeeds without the network and without writing."""
+    import hashlib
+
+    import training.data
+
+    (tmp_path / "LastFM.txt").write_text("1 1 2 3\n")
+    digest = hashlib.sha256(b"1 1 2 3\n").hexdigest()
+    monkeypatch.setitem(training.data.SHA256, "LastFM.txt", digest)
+    monkeypatch.setattr(training.data.urllib.request, "urlopen", lambda *a, **k: pytest.fail("fetched"))
+    assert data_cli(["--data-dir", str(tmp_path), "download", "lastfm"]) == 0
+    assert "already present" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LastFM.txt"]
+
+
 def test_data_dir_resolution_order(tmp_path, monkeypatch):
     import protocol.data as pdata
 
