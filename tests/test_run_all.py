@@ -171,3 +171,15 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path) -> None:
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no block"):
         update_readme(readme, "x")
+
+
+def test_a_run_folder_of_another_preset_is_not_reused(tmp_path, shared_data_dir) -> None:
+    args = ["--datasets", "lastfm", "--data-dir", str(shared_data_dir), "--out", str(tmp_path), "--models",
+            "mostpop", "--no-export"]
+    assert _run(["--preset", "smoke", *args]).returncode == 0
+    doc = json.loads((tmp_path / "lastfm" / "mostpop" / "seed42" / "run.json").read_text())
+    assert (doc["variant"], doc["preset"]) == ("mostpop", "smoke")
+    p = _run(["--preset", "cpu", *args])
+    assert p.returncode == 0 and "made with preset smoke, not cpu" in p.stderr and "lastfm/mostpop/seed42" in p.stderr
+    assert _run(["--preset", "cpu", "--fresh", *args]).returncode == 0  # --fresh retrains it under the new preset
+    assert json.loads((tmp_path / "lastfm" / "mostpop" / "seed42" / "run.json").read_text())["preset"] == "cpu"

@@ -298,17 +298,26 @@ def discover_finished(out: Path, known: set[Run]) -> list[Run]:
     return found
 
 
-def tag_variant(run_dir: Path, variant: str) -> None:
-    """Record the catalogue row in ``run.json`` and ``metrics.json``: an ``hgn_ce`` or ``ssi_hgn_ce_gru`` run
-    is architecture ``hgn``, and the export, ``/model`` and the report name it by its row."""
+def tag_run(run_dir: Path, variant: str, preset: str) -> None:
+    """Record the catalogue row and the preset in ``run.json`` and ``metrics.json``: an ``hgn_ce`` or
+    ``ssi_hgn_ce_gru`` run is architecture ``hgn``, and the export, ``/model`` and the report name it by its row."""
     from training.io import atomic_write_json, read_json
 
     for name in ("run.json", "metrics.json"):
         path = run_dir / name
         if path.is_file():
             doc = read_json(path)
-            if doc.get("variant") != variant:
-                atomic_write_json(path, {**doc, "variant": variant})
+            if (doc.get("variant"), doc.get("preset")) != (variant, preset):
+                atomic_write_json(path, {**doc, "variant": variant, "preset": preset})
+
+
+def preset_clash(run_dir: Path, preset: str) -> str | None:
+    """The preset an existing run folder was made with, when it is not ``preset`` (so it is not reused)."""
+    from training.io import read_json
+
+    path = run_dir / "run.json"
+    made = read_json(path).get("preset") if path.is_file() else None
+    return made if made not in (None, preset) else None
 
 
 README_START, README_END = "<!-- results:start (run_all --update-readme) -->", "<!-- results:end -->"
@@ -399,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_only and not is_finished(run.dir(args.out)):
             missing.append(run)
             continue
+        clash = preset_clash(run.dir(args.out), preset) if args.resume else None
+        if clash:
+            log.error("%s was made with preset %s, not %s: not reused; give another --out (or --fresh to "
+                      "retrain it)", run.dir(args.out), clash, preset)
+            missing.append(run)
+            continue
         waits = [r for r in references_of(run, seeds) if not is_finished(r.dir(args.out))]
         if waits:
             log.warning("%s/%s/seed%d waits for unfinished %s; skipped here", run.dataset, run.name, run.seed,
@@ -418,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = execute(run, ds, preset, args.out, args.resume, seeds, args.device, args.max_epochs)
         if rank != 0:
             continue
-        tag_variant(run.dir(args.out), run.name)
+        tag_run(run.dir(args.out), run.name, preset)
         results[run] = {**m, "variant": run.name}
         t = m["test"]["sampled"]
         tqdm.write(f"[{run.dataset}] {run.name:<18} seed {run.seed}: test R@10 {t['recall@10']:.4f} "
