@@ -264,11 +264,12 @@ def fig4(runs, results, path: Path) -> bool:
 
 def curves(runs, out: Path, report: Path) -> list[str]:
     """One PNG per dataset/model: training loss and validation NDCG@10; plus learned lambdas."""
-    written = []
-    for r in runs:
+    written, seen = [], set()
+    for r in runs:  # the first finished run of each row (teachers of a set train on different seeds)
         hist_path = r.dir(out) / "history.json"
-        if r.seed != runs[0].seed or not hist_path.is_file():
+        if (r.dataset, r.name) in seen or not hist_path.is_file():
             continue
+        seen.add((r.dataset, r.name))
         hist = json.loads(hist_path.read_text())
         if not hist:
             continue
