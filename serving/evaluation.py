@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from protocol import DataError, Negatives, SequenceDataset, evaluate, load_dataset, load_or_create_negatives
-from protocol.data import DATA_ENV, dataset_path
+from protocol.data import DATA_ENV, SIBLING_DATA, dataset_path
 from serving.batching import BatcherStopped
 from serving.config import Settings
 from serving.engine import ModelState, eval_scorer
@@ -52,9 +52,9 @@ def data_folder_display(folder: Path) -> str:
         rel = Path(os.path.relpath(folder, Path.cwd()))
     except ValueError:  # another drive (Windows)
         return DATA_FOLDER_LABEL
-    parts = rel.parts
-    climbs = len(parts) - len([p for p in parts if p != ".."])
-    return rel.as_posix() if climbs <= 1 and parts and parts != ("..",) else DATA_FOLDER_LABEL
+    inside = rel.parts and ".." not in rel.parts
+    beside = os.path.realpath(folder) == os.path.realpath(SIBLING_DATA)  # the documented ../shared/data
+    return rel.as_posix() if inside or beside else DATA_FOLDER_LABEL
 
 
 def known_datasets(folder: Path) -> list[str]:

@@ -128,8 +128,15 @@ def test_truncated_checkpoint_trains_again_with_one_warning(ds: SequenceDataset,
     ckpt = run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a copy cut short / a full disk
 
-    with caplog.at_level(logging.INFO, logger="ssi.train"):
-        metrics = fit(NextItemTask(ds), ds, CFG, run_dir)
+    # a logging.config.dictConfig elsewhere in the session (locust's, with disable_existing_loggers) may
+    # have disabled the trainer's logger; this test is about what the trainer logs, so it is enabled here
+    logger = logging.getLogger("ssi.train")
+    disabled, logger.disabled = logger.disabled, False
+    try:
+        with caplog.at_level(logging.INFO, logger="ssi.train"):
+            metrics = fit(NextItemTask(ds), ds, CFG, run_dir)
+    finally:
+        logger.disabled = disabled
 
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, caplog.text
