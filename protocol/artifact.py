@@ -256,23 +256,15 @@ def check_counts(mpath: str | Path, manifest: dict[str, Any], items_shape: tuple
 
 
 @dataclass(frozen=True)
-class ArtifactFiles:
-    """An artifact folder whose manifest (and, by default, checksums) passed; no array is loaded."""
+class ManifestView:
+    """An artifact folder and its checked manifest, with the encoder facts every reader needs."""
 
     path: Path
     manifest: dict[str, Any]
-    files: dict[str, str]  # role -> file name (encoder, items, popularity[, id_map])
-
-    def file(self, role: str) -> Path:
-        return self.path / self.files[role]
 
     @property
     def encoder(self) -> dict[str, Any]:
         return self.manifest["encoder"]
-
-    @property
-    def encoder_path(self) -> Path:
-        return self.file("encoder")
 
     @property
     def max_len(self) -> int:
@@ -290,6 +282,20 @@ class ArtifactFiles:
     def num_users(self) -> int | None:
         n = (self.manifest.get("dataset") or {}).get("num_users")
         return int(n) if n is not None else None
+
+
+@dataclass(frozen=True)
+class ArtifactFiles(ManifestView):
+    """An artifact folder whose manifest (and, by default, checksums) passed; no array is loaded."""
+
+    files: dict[str, str]  # role -> file name (encoder, items, popularity[, id_map])
+
+    def file(self, role: str) -> Path:
+        return self.path / self.files[role]
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.file("encoder")
 
 
 def open_artifact(path: str | Path, verify: bool = True) -> ArtifactFiles:

@@ -21,6 +21,7 @@ from protocol.artifact import (  # noqa: F401 - SCHEMA_VERSION, MANIFEST, LATEST
     MANIFEST,
     SCHEMA_VERSION,
     ArtifactError,
+    ManifestView,
     artifact_files,
     check_counts,
     read_manifest,
@@ -50,11 +51,9 @@ class IdMap:
 
 
 @dataclass(frozen=True)
-class Artifact:
+class Artifact(ManifestView):
     """A verified artifact held in memory (the ONNX file is read by the backend)."""
 
-    path: Path
-    manifest: dict[str, Any]
     encoder_path: Path
     items: np.ndarray  # (N, D) float32, row i = item id i + 1
     popularity: np.ndarray  # (P,) int64 internal item ids, most popular first
@@ -76,27 +75,6 @@ class Artifact:
     @property
     def dim(self) -> int:
         return int(self.items.shape[1])
-
-    @property
-    def encoder(self) -> dict[str, Any]:
-        return self.manifest["encoder"]
-
-    @property
-    def max_len(self) -> int:
-        return int(self.encoder["max_len"])
-
-    @property
-    def uses_user(self) -> bool:
-        return bool(self.encoder.get("uses_user", False))
-
-    @property
-    def fixed_length(self) -> bool:
-        return bool(self.encoder.get("fixed_length", False))
-
-    @property
-    def num_users(self) -> int | None:
-        n = (self.manifest.get("dataset") or {}).get("num_users")
-        return int(n) if n is not None else None
 
     def summary(self) -> dict[str, Any]:
         """What /model shows about the artifact (no file system details beyond its folder name)."""
