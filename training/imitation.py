@@ -12,6 +12,10 @@ each one is an ablation row of ``run_all`` and is chosen on validation:
 - ``gate``: imitate only the examples where the teacher ranks the true next item above the student
   (the condition of bidirectional distillation, Kweon et al., WWW 2021); the others keep the
   student's own loss alone.
+- ``rank_k``: ranking distillation (Tang & Wang, KDD 2018) in place of the KL: the teacher's top
+  ``rank_k`` items other than the true next item are extra positives of the student's softmax, the
+  item at teacher rank ``r`` (1 = best) weighted ``exp(-r / rank_decay)``, weights normalised to sum 1
+  (RD's position weighting; its dynamic rank-discrepancy weight is left out).
 - ``learn_lambda=False``: fixed weights ``lambda_init`` and no regulariser (with Adam the learned
   lambdas rise in lockstep, about lr per step, whatever the gradient's size).
 
@@ -34,6 +38,8 @@ class ImitationConfig:
     target: Literal["each", "mean"] = "each"  # each: one KL per teacher (the paper); mean: KL to their mean
     top_k: int | None = None  # KL over the teacher's top-k items, renormalised (None: all items, the paper)
     gate: bool = False  # imitate only where the teacher ranks the true next item above the student
+    rank_k: int | None = None  # ranking distillation: teacher's top-k items as weighted positives (None: the KL)
+    rank_decay: float = 5.0  # RD's position weight exp(-rank / rank_decay) (our choice, not tuned)
     learn_lambda: bool = True  # eq. 8's learned lambdas (the paper) or fixed ones at lambda_init
     lambda_init: float = 1.0
     lambda_param: Literal["softplus", "exp"] = "softplus"
@@ -52,6 +58,12 @@ class ImitationConfig:
             raise ValueError(f"target must be 'each' or 'mean', got {self.target!r}")
         if self.top_k is not None and self.top_k < 2:
             raise ValueError(f"top_k must be >= 2 (or None for all items), got {self.top_k}")
+        if self.rank_k is not None and self.rank_k < 1:
+            raise ValueError(f"rank_k must be >= 1 (or None for the KL), got {self.rank_k}")
+        if self.rank_k is not None and self.top_k is not None:
+            raise ValueError("rank_k (ranking distillation) replaces the KL: it cannot be combined with top_k")
+        if self.rank_decay <= 0:
+            raise ValueError(f"rank_decay must be > 0, got {self.rank_decay}")
 
     @property
     def active(self) -> bool:
@@ -60,5 +72,5 @@ class ImitationConfig:
     @property
     def is_papers(self) -> bool:
         """True for the paper's loss (only the switches of Table 3 may differ)."""
-        return (self.temperature, self.target, self.top_k, self.gate, self.learn_lambda) == (1.0, "each", None,
-                                                                                            False, True)
+        return (self.temperature, self.target, self.top_k, self.gate, self.rank_k, self.learn_lambda) == (
+            1.0, "each", None, False, None, True)

@@ -101,6 +101,7 @@ IMITATION_OPTIONS: dict[str, ImitationConfig] = {
     "mean": ImitationConfig(target="mean"),
     "top50": ImitationConfig(top_k=50),
     "gate": ImitationConfig(gate=True),
+    "rd": ImitationConfig(rank_k=10),
     "fixed": ImitationConfig(learn_lambda=False),
 }
 

@@ -145,6 +145,18 @@ def top_k_kl_rows(student_log_probs: torch.Tensor, probs: torch.Tensor, k: int) 
     return kl_rows(F.log_softmax(student_log_probs.gather(1, idx), dim=1), p)
 
 
+def rank_distillation_rows(student_log_probs: torch.Tensor, probs: torch.Tensor, target: torch.Tensor, k: int,
+                           decay: float) -> torch.Tensor:
+    """(M,) ranking distillation (Tang & Wang, KDD 2018): ``-sum_r w_r log q(pi_r)`` over the teacher's top
+    ``k`` items ``pi`` other than the true item ``target`` (M,), ``w_r`` proportional to ``exp(-r / decay)``
+    and summing to 1 (r = 1 for the teacher's best remaining item)."""
+    col = (target - 1).clamp_min(0)[:, None]  # (M, 1) column of the true item
+    p = probs.scatter(1, col, -1.0)  # the true item is the student's own positive, not an extra one
+    idx = p.topk(min(k, p.shape[1] - 1), dim=1).indices  # (M, k), teacher's order
+    w = torch.exp(-torch.arange(1, idx.shape[1] + 1, device=probs.device, dtype=student_log_probs.dtype) / decay)
+    return -(student_log_probs.gather(1, idx) * (w / w.sum())).sum(dim=1)
+
+
 def teacher_ranks_higher(probs: torch.Tensor, student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(M,) bool: the teacher ranks item ``target`` (M,) strictly above where the student ranks it
     (rank = items scored higher; ties count against the target, as in the protocol)."""
@@ -528,13 +540,19 @@ class StudentTask(TrainTask):
             if cfg.target == "mean":
                 probs = {"mean": (torch.stack([p for p, _ in probs.values()]).mean(dim=0), None)}
             for n, (p, negent) in probs.items():
-                rows = top_k_kl_rows(log_q, p, cfg.top_k) if cfg.top_k else kl_rows(log_q, p, negent)  # (M,)
+                if cfg.rank_k:
+                    rows = rank_distillation_rows(log_q, p, targets[:, 0], cfg.rank_k, cfg.rank_decay)  # (M,)
+                elif cfg.top_k:
+                    rows = top_k_kl_rows(log_q, p, cfg.top_k)
+                else:
+                    rows = kl_rows(log_q, p, negent)
                 if cfg.gate:
                     keep = teacher_ranks_higher(p, logits, targets[:, 0])  # (M,)
                     terms[f"gate_{n}"] = keep.float().mean()
                     rows = rows[keep]
-                terms[f"kl_{n}"] = rows.mean() * tau**2 if len(rows) else log_q.new_zeros(())
-                imit[n] = imit.get(n, 0.0) + terms[f"kl_{n}"]
+                key = f"rd_{n}" if cfg.rank_k else f"kl_{n}"
+                terms[key] = rows.mean() * tau**2 if len(rows) else log_q.new_zeros(())
+                imit[n] = imit.get(n, 0.0) + terms[key]
         terms["lambda_reg"] = self.lambdas.regulariser()
         return sum(lam[n] * v for n, v in imit.items()) + terms["lambda_reg"]
 

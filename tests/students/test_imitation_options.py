@@ -15,6 +15,7 @@ from training.students import (
     build_student,
     kl_imitation,
     kl_rows,
+    rank_distillation_rows,
     teacher_ranks_higher,
     top_k_kl_rows,
 )
@@ -51,6 +52,32 @@ def test_top_k_kl_covers_only_the_teachers_top_items() -> None:
     top_k_kl_rows(log_q, p, 5).sum().backward()
     top = torch.zeros_like(p, dtype=torch.bool).scatter_(1, p.topk(5, 1).indices, True)
     assert s.grad[~top].abs().max() < 1e-6 < s.grad[top].abs().max()  # only the top items move
+
+
+def test_rank_distillation_rewards_the_teachers_top_items_but_not_the_true_one() -> None:
+    probs = torch.tensor([[0.05, 0.5, 0.3, 0.1, 0.05]])  # teacher order: items 2, 3, 4, 1, 5
+    target = torch.tensor([2])  # the true item is the teacher's best: not an extra positive
+    s = torch.zeros(1, 5, requires_grad=True)
+    rows = rank_distillation_rows(F.log_softmax(s, 1), probs, target, k=2, decay=1.0)
+    w = torch.exp(-torch.tensor([1.0, 2.0]))
+    w = w / w.sum()  # items 3 and 4, at ranks 1 and 2
+    torch.testing.assert_close(rows, -(w * torch.log(torch.tensor([0.2, 0.2]))).sum()[None])
+    rows.sum().backward()
+    assert s.grad[0, 2] < s.grad[0, 3] < 0  # both pulled up, the better-ranked one harder
+    assert s.grad[0, 1] > 0 and s.grad[0, 0] > 0  # the true item and the rest only share the softmax mass
+
+
+def test_rank_distillation_option_replaces_the_kl(student_ds, teacher_dirs) -> None:
+    task = make_task(student_ds, teacher_dirs, ImitationConfig(rank_k=5, use_mse=False))
+    task.model.eval()
+    batch = first_batch(task)
+    terms = task(batch)
+    q, targets, example = task.queries(batch)
+    log_q = F.log_softmax(q @ task.model.item_vectors().T, 1)
+    for n, t in task.teachers.items():
+        p = task.teacher_probs(t, example)[0]
+        torch.testing.assert_close(terms[f"rd_{n}"], rank_distillation_rows(log_q, p, targets[:, 0], 5, 5.0).mean())
+        assert f"kl_{n}" not in terms
 
 
 def test_gate_compares_the_targets_rank_under_teacher_and_student() -> None:
@@ -94,7 +121,8 @@ def test_gate_drops_rows_and_logs_the_share(student_ds, teacher_dirs) -> None:
         assert 0.0 <= float(terms[f"gate_{n}"]) <= 1.0 and torch.isfinite(terms[f"kl_{n}"])
 
 
-@pytest.mark.parametrize("change", [{"temperature": 0}, {"target": "median"}, {"top_k": 1}, {"lambda_init": 0}])
+@pytest.mark.parametrize("change", [{"temperature": 0}, {"target": "median"}, {"top_k": 1}, {"lambda_init": 0},
+                                    {"rank_k": 0}, {"rank_decay": 0}, {"rank_k": 5, "top_k": 5}])
 def test_bad_options_are_refused(change: dict) -> None:
     with pytest.raises(ValueError):
         ImitationConfig(**change)
@@ -102,5 +130,6 @@ def test_bad_options_are_refused(change: dict) -> None:
 
 def test_is_papers_names_only_the_papers_loss() -> None:
     assert ImitationConfig().is_papers and ImitationConfig(use_kl=False).is_papers
-    for change in ({"temperature": 2.0}, {"target": "mean"}, {"top_k": 50}, {"gate": True}, {"learn_lambda": False}):
+    for change in ({"temperature": 2.0}, {"target": "mean"}, {"top_k": 50}, {"gate": True}, {"rank_k": 10},
+                   {"learn_lambda": False}):
         assert not dataclasses.replace(ImitationConfig(), **change).is_papers
