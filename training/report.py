@@ -195,10 +195,10 @@ def value_table(latency_json: Path) -> str:
     md = [(f"Serving cost measured in one run of `python -m export.latency` ({doc.get('created_at', '')}; ONNX "
           f"Runtime CPU, {doc.get('settings', {}).get('threads', 1)} thread; ratios to `{ref}`, median over "
           "interleaved rounds):"), "",
-          ("| row | test sampled N@10 | test full N@10 | encode, 1 request | encode, batch 32 | parameters | "
-          "artifact |"), "|---|---|---|---|---|---|---|"]
-    for r in doc["rows"]:
-        md.append(f"| {r['label']} | {r['test_sampled_ndcg@10']:.4f} | {r['test_full_ndcg@10']:.4f} | "
+          ("| dataset | row | test sampled N@10 | test full N@10 | encode, 1 request | encode, batch 32 | parameters | "
+          "artifact |"), "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(doc["rows"], key=lambda r: r.get("dataset", "")):  # stable: run order within a dataset
+        md.append(f"| {r.get('dataset', '')} | {r['label']} | {r['test_sampled_ndcg@10']:.4f} | {r['test_full_ndcg@10']:.4f} | "
                   f"{r['encode_b1_ratio']:.2f}x ({r['encode_b1_ms'] * 1000:.0f} us) | "
                   f"{r['encode_b32_ratio']:.2f}x ({r['encode_b32_ms'] * 1000:.0f} us) | {r['params'] / 1e3:.0f} k | "
                   f"{r['artifact_bytes'] / 2**20:.2f} MiB |")
