@@ -31,7 +31,7 @@ def test_rows_name_what_each_run_changed_and_its_metrics(tmp_path, capsys) -> No
     info = json.loads((plain / "run.json").read_text())
     del info["consistency_config"], info["teacher_variant"]
     (plain / "run.json").write_text(json.dumps(info | {"loss": "ce", "model_config": {"dim": 128}}))
-    assert changes(read_run(plain), read_run(ref)) == "-consistency, loss=ce, model.dim=128, -teacher_variant"
+    assert changes(read_run(plain), read_run(ref)) == "-consistency, +loss=ce, model.dim=128, -teacher_variant"
     md_path, csv_path = tmp_path / "sweep.md", tmp_path / "sweep.csv"
     assert main([str(ref), str(probe), str(other_seed), "--md", str(md_path), "--csv", str(csv_path)]) == 0
     lines = md_path.read_text().splitlines()

@@ -73,9 +73,9 @@ def read_run(run_dir: Path) -> SweepRow:
 
 
 def changes(row: SweepRow, reference: SweepRow) -> str:
-    """What ``row`` changed against ``reference``: ``key=value`` for each setting with another value or only
-    in ``row``, ``-key`` for one only in the reference; a config section only one side has is one entry
-    (``+imitation``, ``-consistency``)."""
+    """What ``row`` changed against ``reference``: ``key=value`` for a setting with another value,
+    ``+key=value`` for one recorded only in ``row`` (a newer field, or another kind of run), ``-key`` for one
+    only in the reference; a config section only one side has is one entry (``+imitation``, ``-consistency``)."""
     mine, ref = row.settings, reference.settings
 
     def section(k: str) -> str:
@@ -87,7 +87,7 @@ def changes(row: SweepRow, reference: SweepRow) -> str:
     for k in sorted(mine.keys() | ref.keys()):
         if section(k) in only_mine | only_ref or mine.get(k) == ref.get(k):
             continue
-        diff.append(f"{k}={mine[k]}" if k in mine else f"-{k}")
+        diff.append(f"{k}={mine[k]}" if k in mine and k in ref else f"+{k}={mine[k]}" if k in mine else f"-{k}")
     if diff:
         return ", ".join(diff)
     return "reference" if row.path == reference.path else "same settings"
