@@ -130,6 +130,21 @@ def test_references_are_seed_offsets_and_always_resolve() -> None:
     assert plan(["lastfm"], list(CATALOG), [42], [])  # every row plans with one seed
 
 
+def test_a_later_first_seed_warns_that_it_would_train_new_teachers(tmp_path) -> None:
+    from training.run_all import plan, unfinished_references
+
+    for rel in ("beauty/teacher_gru_temporal/seed42", "beauty/teacher_gru_persona/seed43",
+                "beauty/teacher_gru_global/seed44"):
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "metrics.json").write_text("{}")
+    assert unfinished_references(plan(["beauty"], ["ssi_hgn_ce_gru_mean"], [42, 43, 44], []), [42, 43, 44],
+                                 tmp_path) == []
+    lines = unfinished_references(plan(["beauty"], ["ssi_hgn_ce_gru_mean"], [43, 44], []), [43, 44], tmp_path)
+    assert len(lines) == 3  # temporal@0 -> seed 43, persona@1 -> 44, global@2 -> 45: three new teachers
+    assert lines[0].startswith("beauty/teacher_gru_temporal/seed43 is imitated") and "[42]" in lines[0]
+    assert all("start --seeds at 42" in line for line in lines)
+
+
 def _metrics(valid: float, test: float = 0.3) -> dict:
     cell = lambda v: {"sampled": {"ndcg@10": v, "recall@10": v}, "full": {"ndcg@10": v / 10, "recall@10": v / 5}}
     return {"valid": cell(valid), "test": cell(test)}

@@ -299,6 +299,24 @@ def discover_finished(out: Path, known: set[Run]) -> list[Run]:
     return found
 
 
+def unfinished_references(runs: list[Run], seeds: list[int], out: Path) -> list[str]:
+    """One warning per teacher/member run that ``runs`` need, that is not finished under ``out`` while other
+    seeds of its row are: the first ``--seeds`` picks the teachers (``name@k`` = first seed + k), so
+    ``--seeds 43 44`` would train new teachers instead of reusing those of ``--seeds 42 43 44``."""
+    lines = []
+    for ref in dict.fromkeys(r for run in runs for r in references_of(run, seeds)):
+        if (ref.dir(out) / "metrics.json").is_file():
+            continue
+        done = sorted(int(p.parent.name.removeprefix("seed")) for p in ref.dir(out).parent.glob("seed*/metrics.json")
+                      if p.parent.name.removeprefix("seed").isdigit())
+        if done:
+            first = min(done) - (ref.seed - seeds[0])  # the first seed that resolves this reference to min(done)
+            lines.append(f"{ref.dataset}/{ref.name}/seed{ref.seed} is imitated or averaged but not finished, so it "
+                         f"will be trained; that row has finished seeds {done} under {out}. Teachers are the first "
+                         f"--seeds + k: to reuse them, start --seeds at {first} (finished runs are skipped)")
+    return lines
+
+
 def tag_run(run_dir: Path, variant: str, preset: str) -> None:
     """Record the catalogue row and the preset in ``run.json`` and ``metrics.json``: an ``hgn_ce`` or
     ``ssi_hgn_ce_gru`` run is architecture ``hgn``, and the export, ``/model`` and the report name it by its row."""
@@ -397,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
              "" if args.preset else " (default for this device)", ", ".join(datasets), len(runs), seeds, args.out, world)
     from training.runs import is_finished, run_lock  # torch-importing; kept out of --help
 
+    for line in unfinished_references(runs, seeds, args.out):
+        log.warning(line)
     results: dict[Run, dict] = {}
     missing: list[Run] = []
     t_start = time.time()
