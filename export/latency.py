@@ -128,6 +128,15 @@ def run_label(run_dir: Path) -> str:
     return run_dir.name
 
 
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """``run_label`` of each folder; labels that two folders share (one row, two datasets) get the parent
+    folder in front (``toys/hgn_ce/seed42``), and any that still collide ``#2``, ``#3``."""
+    short = [run_label(p) for p in run_dirs]
+    labels = [f"{Path(os.path.abspath(p)).parent.parent.name}/{lab}" if short.count(lab) > 1 and "/" in lab else lab
+              for p, lab in zip(run_dirs, short, strict=True)]
+    return _unique(labels)
+
+
 def _unique(labels: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -367,7 +376,7 @@ def latency_report(
     run_dirs = [Path(p) for p in run_dirs]
     for p in run_dirs:  # fail fast, before any slow export
         read_run(p)
-    labels = _unique([run_label(p) for p in run_dirs])
+    labels = run_labels(run_dirs)
     blas = blas_threads(threads)
     subjects = []
     with tempfile.TemporaryDirectory(prefix="ssi-latency-") as tmp:

@@ -81,3 +81,11 @@ def test_cli_missing_run_and_help(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_labels_name_the_dataset_only_where_a_row_repeats(tmp_path):
+    from export.latency import run_labels
+
+    dirs = [tmp_path / "beauty" / "hgn_ce" / "seed42", tmp_path / "toys" / "hgn_ce" / "seed42",
+            tmp_path / "toys" / "gru4rec" / "seed42", tmp_path / "probe", tmp_path / "other" / "probe"]
+    assert run_labels(dirs) == ["beauty/hgn_ce/seed42", "toys/hgn_ce/seed42", "gru4rec/seed42", "probe", "probe#2"]
