@@ -303,17 +303,16 @@ def unfinished_references(runs: list[Run], seeds: list[int], out: Path) -> list[
     """One warning per teacher/member run that ``runs`` need, that is not finished under ``out`` while other
     seeds of its row are: the first ``--seeds`` picks the teachers (``name@k`` = first seed + k), so
     ``--seeds 43 44`` would train new teachers instead of reusing those of ``--seeds 42 43 44``."""
+    finished = set(discover_finished(out, set()))
     lines = []
     for ref in dict.fromkeys(r for run in runs for r in references_of(run, seeds)):
-        if (ref.dir(out) / "metrics.json").is_file():
+        done = sorted(r.seed for r in finished if (r.dataset, r.model, r.layers) == (ref.dataset, ref.model, ref.layers))
+        if ref in finished or not done:
             continue
-        done = sorted(int(p.parent.name.removeprefix("seed")) for p in ref.dir(out).parent.glob("seed*/metrics.json")
-                      if p.parent.name.removeprefix("seed").isdigit())
-        if done:
-            first = min(done) - (ref.seed - seeds[0])  # the first seed that resolves this reference to min(done)
-            lines.append(f"{ref.dataset}/{ref.name}/seed{ref.seed} is imitated or averaged but not finished, so it "
-                         f"will be trained; that row has finished seeds {done} under {out}. Teachers are the first "
-                         f"--seeds + k: to reuse them, start --seeds at {first} (finished runs are skipped)")
+        first = min(done) - (ref.seed - seeds[0])  # the first seed that resolves this reference to min(done)
+        lines.append(f"{ref.dataset}/{ref.name}/seed{ref.seed} is imitated or averaged but not finished, so it "
+                     f"will be trained; that row has finished seeds {done} under {out}. Teachers are the first "
+                     f"--seeds + k: to reuse them, start --seeds at {first} (finished runs are skipped)")
     return lines
 
 
