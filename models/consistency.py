@@ -42,6 +42,14 @@ The paper leaves the n-gram lengths, probabilities, MLP size and temperature ope
   (estimated from the measured ~1.4x of one pass); one pass keeps it under the 1.5x budget while
   every batch still trains the task.
 
+- Task accuracy (issue 26): every ``forward`` returns ``acc`` (binary: the head's sign against the label;
+  global: top-1 of each global view among the B segments of its batch) and ``chance`` (binary: the
+  majority-label share; global: 1/B); ``epoch_chance`` gives the chance over all training rows since the last
+  call. ``views`` builds the task inputs of every row (``make_batch`` picks ``task_rows`` rows first), which
+  is what the teachers' fixed held-out batch and ``training.task_probe`` use.
+- Schedule (``task_first_epochs``, default 0 = the paper's joint loss): the first N epochs minimise the task
+  loss alone (S3-Rec pre-trains its self-supervised tasks before fine-tuning), then ``main + weight * task``.
+
 Augmentations are vectorised torch ops on CPU int tensors (run on the batch side, seeded by a
 ``torch.Generator``). Inputs are left-padded token matrices (0 = padding, most recent item last,
 no padding between items). n-grams are counted from the most recent item, so the oldest, partial
@@ -75,6 +83,9 @@ class ConsistencyConfig:
     global_ngram_min: int = 1
     global_ngram_max: int = 5
     temperature: float = 0.2  # InfoNCE on cosine similarity
+    task_first_epochs: int = 0  # schedule: the first N epochs minimise the task loss only, then main + weight * task
+    heldout_users: int = 512  # size of the fixed held-out task batch (validation views), see training.teachers
+    heldout_seed: int = 0  # seed of its users and augmentations (fixed across runs and epochs)
 
     def __post_init__(self) -> None:
         for lo, hi in ((self.temporal_ngram_min, self.temporal_ngram_max),
@@ -84,6 +95,8 @@ class ConsistencyConfig:
                 raise ValueError(f"n-gram range [{lo}, {hi}] must satisfy 1 <= min <= max")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.task_first_epochs < 0 or self.heldout_users < 2:
+            raise ValueError("task_first_epochs must be >= 0 and heldout_users >= 2")
 
 
 class Encoder(Protocol):
@@ -259,6 +272,7 @@ class BinaryConsistency(nn.Module):
         super().__init__()
         self.cfg, self.int_token, self.max_len = cfg, int_token, max_len
         hidden = cfg.mlp_hidden or dim
+        self._seen = [0.0, 0.0]  # training rows and positives since the last ``epoch_chance``
         self.head = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(cfg.mlp_dropout), nn.Linear(hidden, 1))
 
     def negatives(self, tokens: torch.Tensor, users: torch.Tensor,
@@ -269,7 +283,10 @@ class BinaryConsistency(nn.Module):
                    gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Task inputs from clean (B, L) sequences: ``task_input`` (B', L'+1) ending in [INT], ``task_label`` (B',)."""
         rows = _pick_rows(len(tokens), self.cfg.task_rows, gen)
-        x, u = tokens[rows], users[rows]
+        return self.views(tokens[rows], users[rows], gen)
+
+    def views(self, x: torch.Tensor, u: torch.Tensor, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Task inputs of every row of (B, L) ``x`` (users ``u`` (B,)): what ``make_batch`` does after picking rows."""
         neg, changed = self.negatives(x, u, gen)
         is_neg = changed & (_rand((len(x),), gen) < self.cfg.neg_prob)  # (B',)
         x = torch.where(is_neg[:, None], neg, x)
@@ -281,7 +298,18 @@ class BinaryConsistency(nn.Module):
         label = batch["task_label"]
         loss = F.binary_cross_entropy_with_logits(logit.float(), label)
         acc = ((logit > 0).float() == label).float().mean()
-        return {"loss": loss, "acc": acc.detach()}
+        share = label.mean()  # positives; above 0.5 where a drawn negative equalled its original
+        if self.training:
+            self._seen = [self._seen[0] + len(label), self._seen[1] + float(label.sum())]
+        return {"loss": loss, "acc": acc.detach(), "chance": torch.maximum(share, 1 - share)}
+
+    def epoch_chance(self) -> float:
+        """Chance of the training batches since the last call: the accuracy of the best constant answer over
+        all their rows, max(p, 1 - p) with p the positive share (not per batch: a small batch's majority
+        would overstate it). Resets the count."""
+        rows, pos = self._seen
+        self._seen = [0.0, 0.0]
+        return max(pos, rows - pos) / rows if rows else float("nan")
 
 
 class TemporalConsistency(BinaryConsistency):
@@ -313,12 +341,17 @@ class GlobalSessionConsistency(nn.Module):
         super().__init__()
         self.cfg, self.mask_token = cfg, mask_token
         self.proj = nn.Linear(dim, dim, bias=False)  # global view -> segment space
+        self._seen = [0.0, 0.0]  # training batches and sum of their 1/B since the last ``epoch_chance``
 
     def make_batch(self, tokens: torch.Tensor, users: torch.Tensor,
                    gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """``global_masked`` and ``global_segment`` (B'', L) with B'' = task_rows * B / 2 pairs."""
         rows = _pick_rows(len(tokens), self.cfg.task_rows / 2, gen)
-        masked, alone = segment_views(tokens[rows], self.mask_token, self.cfg, gen)
+        return self.views(tokens[rows], users[rows], gen)
+
+    def views(self, x: torch.Tensor, u: torch.Tensor, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The pair of views of every row of (B, L) ``x`` (``u`` unused: the other rows are the negatives)."""
+        masked, alone = segment_views(x, self.mask_token, self.cfg, gen)
         return {"global_masked": masked, "global_segment": alone}
 
     def forward(self, encoder: Encoder, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -330,7 +363,15 @@ class GlobalSessionConsistency(nn.Module):
         with torch.no_grad():  # share of global views whose own n-gram is the most similar
             sim = F.normalize(g, dim=-1) @ F.normalize(s, dim=-1).T  # (B'', B'')
             acc = (sim.argmax(1) == torch.arange(len(g), device=g.device)).float().mean()
-        return {"loss": loss, "acc": acc}
+        if self.training:
+            self._seen = [self._seen[0] + 1, self._seen[1] + 1.0 / len(g)]
+        return {"loss": loss, "acc": acc, "chance": torch.tensor(1.0 / len(g), device=g.device)}
+
+    def epoch_chance(self) -> float:
+        """Mean 1/B over the training batches since the last call (accuracy is a mean over batches too)."""
+        n, inv = self._seen
+        self._seen = [0.0, 0.0]
+        return inv / n if n else float("nan")
 
 
 def build_consistency(variant: str, dim: int, cfg: ConsistencyConfig, mask_token: int, int_token: int,

@@ -18,6 +18,12 @@ GRU4Rec with [MASK]/[INT] tokens, whose main loss is cross-entropy on every next
 objective) instead of the cloze. Not the paper's teacher: a stronger recommender to imitate on small
 data, where the cloze-trained BERT4Rec falls below the students it should teach (docs/results).
 
+Task accuracy (issue 26): every epoch's history holds ``train_task_acc`` (over the epoch's batches),
+``train_task_chance``, and ``heldout_task_acc`` / ``heldout_task_chance`` / ``heldout_task_loss`` on a fixed
+held-out batch (``HeldoutTask``); ``metrics.json`` holds them at the best and at the last epoch (``task``).
+``--set task_first_epochs=N`` trains the task alone for N epochs before the joint loss (those epochs are
+validated but neither selected nor counted against the patience).
+
 CLI (also under ``torchrun --nproc_per_node N -m training.teachers ...``)::
 
     python -m training.teachers --variant temporal --dataset beauty --preset cpu \
@@ -47,7 +53,14 @@ from models.bert4rec import BERT4Rec, BERT4RecConfig
 from models.consistency import VARIANTS as TASKS
 from models.consistency import ConsistencyConfig, SequencePool, build_consistency
 from models.gru4rec import GRU4Rec, GRU4RecConfig
-from protocol import SequenceDataset, load_dataset, load_or_create_negatives, pad_left, train_sequences
+from protocol import (
+    SequenceDataset,
+    eval_examples,
+    load_dataset,
+    load_or_create_negatives,
+    pad_left,
+    train_sequences,
+)
 from training.cli import init_distributed, parse_override
 from training.students import ImitationConfig, StudentTask
 from training.students import train_config as student_train_config
@@ -92,12 +105,110 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class TeacherTask(TrainTask):
+# ---- task accuracy and schedule, shared by both backbones --------------------------------------------
+@dataclass
+class HeldoutTask:
+    """The fixed held-out batch on which a teacher's task accuracy is measured after every epoch.
+
+    Definition (issue 26): ``heldout_users`` users (all when fewer) drawn with ``heldout_seed``; each gives its
+    validation view ``s[:-1]`` (the training part plus the validation target, an item no training batch
+    holds), its most recent ``max_len - 1`` items, and the task's views of it (negatives, donors, segments;
+    the binary tasks' labels) are drawn once with a generator seeded by ``heldout_seed``. Leave-one-out
+    trains on every user, so the users are not unseen: held out are the augmented views (never a training
+    batch) and the last item. ``training.task_probe`` measures on disjoint users. Evaluated in eval mode,
+    without gradients, in one pass: deterministic for given weights. Chance: the majority-label share for
+    the binary tasks (>= 0.5; a negative equal to its original is labelled positive), 1/B for the global
+    task (top-1 among the B held-out segments).
+    """
+
+    batch: dict[str, torch.Tensor]
+
+    @classmethod
+    def build(cls, consistency: torch.nn.Module, ds: SequenceDataset, max_len: int, cfg: ConsistencyConfig) -> HeldoutTask:
+        inputs, targets = eval_examples(ds, "valid")
+        rng = np.random.default_rng(cfg.heldout_seed)
+        users = np.sort(rng.choice(len(inputs), min(cfg.heldout_users, len(inputs)), replace=False))  # (H,)
+        views = [np.append(inputs[u], targets[u])[-(max_len - 1):] for u in users]
+        width = max(len(v) for v in views)
+        tokens = torch.from_numpy(pad_left(views, width))  # (H, W) left-padded, W <= max_len - 1
+        gen = torch.Generator().manual_seed(cfg.heldout_seed)
+        return cls(consistency.views(tokens, torch.from_numpy(users), gen))
+
+    @torch.no_grad()
+    def evaluate(self, consistency: torch.nn.Module, encoder: torch.nn.Module) -> dict[str, float]:
+        """``heldout_task_{acc,chance,loss}`` of the task head on the encoder, in eval mode."""
+        device = next(encoder.parameters()).device
+        modes = encoder.training, consistency.training
+        encoder.eval()
+        consistency.eval()
+        out = consistency(encoder.hidden_states, {k: v.to(device) for k, v in self.batch.items()})
+        encoder.train(modes[0])
+        consistency.train(modes[1])
+        return {f"heldout_task_{k}": float(out[k]) for k in ("acc", "chance", "loss")}
+
+
+TASK_KEYS = ("train_task_acc", "train_task_chance", "heldout_task_acc", "heldout_task_chance", "heldout_task_loss")
+
+
+def task_summary(variant: str, history: list[dict[str, Any]], best_epoch: int) -> dict[str, Any]:
+    """``metrics.json``'s ``task``: the task's accuracies and chance at the best epoch and at the last one."""
+    def at(row: dict[str, Any]) -> dict[str, Any]:
+        return {"epoch": row["epoch"], **{k: row.get(k) for k in TASK_KEYS}}
+
+    best = next((r for r in history if r["epoch"] == best_epoch), history[-1] if history else None)
+    return {"task": {"variant": variant, "best": at(best), "last": at(history[-1])}} if history else {}
+
+
+class ConsistencyTeacher:
+    """Mixin of both teacher tasks: ``main + weight * task`` with the task-first schedule, the train-batch
+    task terms, the held-out task accuracy per epoch (``epoch_log``) and its summary (``final_log``).
+    Expects ``self.model`` (with ``hidden_states``), ``self.variant``, ``self.consistency`` (None: no task),
+    ``self.consistency_config`` and ``self.heldout``."""
+
+    model: torch.nn.Module
+    variant: str
+    consistency: torch.nn.Module | None
+    consistency_config: ConsistencyConfig | None
+    heldout: HeldoutTask | None
+    _epoch: int = 1
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._epoch = epoch
+        super().on_epoch_start(epoch)  # type: ignore[misc]
+
+    def in_task_first(self, epoch: int | None = None) -> bool:
+        """True in the task-only epochs of the schedule (``task_first_epochs``)."""
+        cfg = self.consistency_config
+        return cfg is not None and (self._epoch if epoch is None else epoch) <= cfg.task_first_epochs
+
+    def selects(self, epoch: int) -> bool:
+        """Task-only epochs do not take part in model selection or early stopping."""
+        return not self.in_task_first(epoch)
+
+    def with_task(self, main: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, task terms): ``main + weight * L_task`` (``main`` left out in task-first epochs)."""
+        t = self.consistency(self.model.hidden_states, batch)
+        loss = self.consistency_config.weight * t["loss"] + (0.0 if self.in_task_first() else main)
+        return loss, {self.variant: t["loss"].detach(), "task_acc": t["acc"]}
+
+    def epoch_log(self) -> dict[str, float]:
+        out = super().epoch_log()  # type: ignore[misc]
+        if self.consistency is not None:
+            out["train_task_chance"] = self.consistency.epoch_chance()
+        if self.heldout is not None:
+            out |= self.heldout.evaluate(self.consistency, self.model)
+        return out
+
+    def final_log(self, history: list[dict[str, Any]], best_epoch: int) -> dict[str, Any]:
+        return task_summary(self.variant, history, best_epoch) if self.consistency is not None else {}
+
+
+class TeacherTask(ConsistencyTeacher, TrainTask):
     """Cloze loss (+ lambda * a consistency loss) on BERT4Rec, with sharded, length-bucketed batches."""
 
     def __init__(self, model: BERT4Rec, train_seqs: Sequence[np.ndarray], batch_size: int,
                  cloze: ClozeConfig | None = None, variant: str = "bert4rec",
-                 consistency: ConsistencyConfig | None = None):
+                 consistency: ConsistencyConfig | None = None, heldout_ds: SequenceDataset | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown teacher variant {variant!r}; expected one of {', '.join(VARIANTS)}")
@@ -113,11 +224,14 @@ class TeacherTask(TrainTask):
         self.lengths = np.asarray([len(s) for s in seqs], dtype=np.int64)  # (U,)
         self.consistency_config: ConsistencyConfig | None = None
         self.consistency: torch.nn.Module | None = None
+        self.heldout: HeldoutTask | None = None  # from ``heldout_ds`` (None: no held-out task accuracy)
         if variant != "bert4rec":
             self.consistency_config = consistency or ConsistencyConfig()
             pool = SequencePool.from_sequences([torch.from_numpy(s) for s in train_seqs]) if variant == "persona" else None
             self.consistency = build_consistency(variant, c.dim, self.consistency_config, c.mask_token, c.int_token,
                                                  c.max_len, pool)
+            if heldout_ds is not None:
+                self.heldout = HeldoutTask.build(self.consistency, heldout_ds, c.max_len, self.consistency_config)
 
     # ---- batches ---------------------------------------------------------------------------------
     @property
@@ -206,13 +320,12 @@ class TeacherTask(TrainTask):
         terms = {"cloze": cloze}
         loss = cloze
         if self.consistency is not None:
-            t = self.consistency(self.model.hidden_states, batch)
-            loss = loss + self.consistency_config.weight * t["loss"]
-            terms |= {self.variant: t["loss"].detach(), f"{self.variant}_acc": t["acc"]}
+            loss, task_terms = self.with_task(cloze, batch)
+            terms |= task_terms
         return {"loss": loss, **terms}
 
 
-class NextItemTeacherTask(StudentTask):
+class NextItemTeacherTask(ConsistencyTeacher, StudentTask):
     """An SSI teacher on a causal backbone: cross-entropy on every next item + lambda * a consistency loss.
 
     The backbone is GRU4Rec with two extra tokens ([MASK], [INT]); its main objective is exactly the
@@ -234,6 +347,7 @@ class NextItemTeacherTask(StudentTask):
         self.variant, self.consistency_config = variant, consistency
         pool = SequencePool.from_sequences([torch.from_numpy(s) for s in train_sequences(ds)]) if variant == "persona" else None
         self.consistency = build_consistency(variant, c.dim, consistency, c.mask_token, c.int_token, c.max_len, pool)
+        self.heldout: HeldoutTask | None = HeldoutTask.build(self.consistency, ds, c.max_len, consistency)
 
     def batches(self, epoch: int, rng: np.random.Generator, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))  # this epoch's augmentations
@@ -246,10 +360,8 @@ class NextItemTeacherTask(StudentTask):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms = super().forward(batch)  # {"student": next-item CE, "loss"}
-        t = self.consistency(self.model.hidden_states, batch)
-        loss = terms.pop("student") + self.consistency_config.weight * t["loss"]
-        return {"loss": loss, "next_item": terms["loss"].detach(), self.variant: t["loss"].detach(),
-                f"{self.variant}_acc": t["acc"]}
+        loss, task_terms = self.with_task(terms.pop("student"), batch)
+        return {"loss": loss, "next_item": terms["loss"].detach(), **task_terms}
 
 
 # ---- building and training -------------------------------------------------------------------------
@@ -324,7 +436,8 @@ def build_teacher(variant: str, ds: SequenceDataset, setup: TeacherSetup) -> Tea
     if setup.cloze is None:
         return NextItemTeacherTask(GRU4Rec(setup.model), ds, setup.train.batch_size, variant, setup.consistency)
     model = BERT4Rec(setup.model)
-    return TeacherTask(model, train_sequences(ds), setup.train.batch_size, setup.cloze, variant, setup.consistency)
+    return TeacherTask(model, train_sequences(ds), setup.train.batch_size, setup.cloze, variant, setup.consistency,
+                       heldout_ds=ds)
 
 
 def run_info(variant: str, preset: str, setup: TeacherSetup) -> dict[str, Any]:

@@ -99,6 +99,15 @@ class TrainTask(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for per-epoch preparation (e.g. precomputing teacher logits)."""
 
+    def selects(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` takes part in model selection and early stopping (False: a warm-up epoch,
+        validated and logged but neither kept as best nor counted against the patience)."""
+        return True
+
+    def final_log(self, history: list[dict[str, Any]], best_epoch: int) -> dict[str, Any]:
+        """Extra entries of ``metrics.json`` from the history (e.g. a teacher's task accuracy at the best epoch)."""
+        return {}
+
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -249,7 +258,9 @@ class Trainer:
                 if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                     val = self.validate()
                     row.update({f"valid_{k}": v for k, v in val.items()})
-                    if val[SELECT_METRIC] > best:
+                    if not self.task.selects(epoch):
+                        pass
+                    elif val[SELECT_METRIC] > best:
                         best, best_epoch, bad = val[SELECT_METRIC], epoch, 0
                         save_best(self.task.model, self.run_dir)
                     else:
@@ -259,7 +270,7 @@ class Trainer:
                 _write_history(self.run_dir, history)
                 atomic_torch_save(ckpt, self._state(epoch, best, best_epoch, bad, history))
                 log.info("%s epoch %d %s | best %s %.4f @%d | %.1fs", self.run_dir.name, epoch,
-                         _fmt({k: v for k, v in row.items() if k.startswith(("train_", "valid_ndcg@10", "valid_recall@10", "lambda"))}),
+                         _fmt({k: v for k, v in row.items() if k.startswith(("train_", "valid_ndcg@10", "valid_recall@10", "lambda", "heldout_task_acc"))}),
                          SELECT_METRIC, best, best_epoch, row["epoch_time_s"])
                 stop = bad >= cfg.patience
             if self._stop_flag(stop):
@@ -284,7 +295,8 @@ class Trainer:
         metrics.update({"best_epoch": best_epoch, "epochs_run": len(history), "data_sha256": self.ds.sha256,
                         "negatives_sha256": self.negatives.sha256, "dataset": self.ds.name,
                         "model": self.task.model.model_name, "seed": self.cfg.seed,
-                        "wall_time_s": round(max(wall, prev_wall), 1), "device": str(self.device)})
+                        "wall_time_s": round(max(wall, prev_wall), 1), "device": str(self.device),
+                        **self.task.final_log(history, best_epoch)})
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         t = metrics["test"]["sampled"]
         log.info("%s done: test sampled R@10 %.4f N@10 %.4f | full R@10 %.4f N@10 %.4f", self.run_dir.name,

@@ -52,7 +52,7 @@ def test_batches_carry_the_task_and_the_loss_has_both_terms(tiny_ds: SequenceDat
     keys = {"task_input", "task_label"} if variant != "global" else {"global_masked", "global_segment"}
     assert keys <= set(batch)
     out = task(batch)
-    assert {"loss", "next_item", variant, f"{variant}_acc"} <= set(out)
+    assert {"loss", "next_item", variant, "task_acc"} <= set(out)
     assert torch.isclose(out["loss"], out["next_item"] + out[variant], atol=1e-5)  # weight 1 (eq. 4)
     out["loss"].backward()
     head = next(task.consistency.parameters())

@@ -162,7 +162,12 @@ def test_train_teacher_smoke(tiny_ds: SequenceDataset, tmp_path: Path, variant: 
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 2 and "train_cloze" in history[0]
     if variant != "bert4rec":
-        assert f"train_{variant}" in history[0] and f"train_{variant}_acc" in history[0]
+        assert {f"train_{variant}", "train_task_acc", "train_task_chance", "heldout_task_acc"} <= set(history[0])
+        best = metrics["task"]["best"]  # the task's accuracies and chance at the best epoch (issue 26)
+        assert best["epoch"] == metrics["best_epoch"] and 0 <= best["heldout_task_acc"] <= 1
+        assert 0.5 <= best["heldout_task_chance"] <= 1 if variant != "global" else best["heldout_task_chance"] < 0.1
+    else:
+        assert "task" not in metrics
     model, loaded = load_run_model(run)
     assert isinstance(model, BERT4Rec) and loaded["teacher_variant"] == variant
     weights = load_file(str(run / "model.safetensors"))
