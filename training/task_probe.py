@@ -18,6 +18,13 @@ gets ``views`` augmented copies drawn by the task module itself (``models.consis
   users. The encoder itself trained on every user (leave-one-out), so only the head and the views are new.
 - ``random-encoder`` (``--random-encoder`` with ``--run``): the same head on a freshly initialised encoder of the
   run's config: what the head alone gets from untrained features.
+- ``own-head`` (``--own-head`` with ``--run``): the teacher's own task head and encoder as they are in its
+  ``checkpoint.pt`` (the last epoch), read on the test users without any fitting.
+
+Truly unseen users: ``--write-subset FILE`` writes the dataset without the test users (same seed and split),
+so that a teacher trained on FILE has never seen them; probing that run with ``--dataset`` the full data then
+reads every probe on users the encoder never trained on. Where the largest item id occurs only among the
+test users, FILE gets a placeholder user ``0`` holding that id three times, so the item table keeps its size.
 
 Accuracy on the test users against chance (binary: majority-label share; global: 1/B). Prints one JSON
 object per probe; ``--json`` writes them all.
@@ -39,7 +46,7 @@ from torch import nn
 from models.consistency import VARIANTS, ConsistencyConfig, SequencePool, build_consistency, info_nce
 from protocol import SequenceDataset, load_dataset, pad_left, train_sequences
 from training.io import read_json
-from training.runs import build_model, load_run_model
+from training.runs import build_model, load_checkpoint, load_run_model
 
 
 @dataclass
@@ -233,9 +240,37 @@ def encoder_result(name: str, task: str, model: nn.Module, fit: ViewSet, test: V
     return binary_result(name, task, xf, fit, xt, test, head, cfg)
 
 
+def own_head_result(run: Path, task: str, test: ViewSet, ccfg: ConsistencyConfig, pool: SequencePool) -> ProbeResult:
+    """The run's own encoder and task head at its last epoch (``checkpoint.pt``), on the test users' views."""
+    spec = read_json(run / "model_config.json")
+    model = build_model(spec["model"], spec["config"])
+    c = model.config
+    head = build_consistency(task, c.dim, ccfg, c.mask_token, c.int_token, c.max_len, pool)
+    state = load_checkpoint(run / "checkpoint.pt")["task"]
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    head.load_state_dict({k.removeprefix("consistency."): v for k, v in state.items() if k.startswith("consistency.")})
+    model.eval()
+    head.eval()
+    with torch.no_grad():
+        out = head(model.hidden_states, test.batch)
+    rows = len(next(iter(test.batch.values())))
+    return ProbeResult("own-head", task, float(out["acc"]), float(out["chance"]), 0, rows)
+
+
+def write_subset(ds: SequenceDataset, cfg: ProbeConfig, out: Path) -> int:
+    """``ds`` without the probe's test users, in the data file format; returns the users written."""
+    _, _, test = split_users(ds.num_users, cfg)
+    keep = np.setdiff1d(np.arange(ds.num_users), test)
+    lines = [" ".join(map(str, [ds.users[u], *ds.sequences[u]])) for u in keep]
+    if max(int(ds.sequences[u].max()) for u in keep) < ds.num_items:
+        lines.append(" ".join(map(str, [0, *[ds.num_items] * 3])))  # placeholder: keeps num_items
+    out.write_text("\n".join(lines) + "\n")
+    return len(keep)
+
+
 # ---- driver --------------------------------------------------------------------------------------
 def run_probes(ds: SequenceDataset, task: str, cfg: ProbeConfig, run: Path | None = None,
-               random_encoder: bool = False) -> list[ProbeResult]:
+               random_encoder: bool = False, own_head: bool = False) -> list[ProbeResult]:
     seqs = train_sequences(ds)
     info = read_json(run / "run.json") if run else {}
     ccfg = ConsistencyConfig(**info["consistency_config"]) if info.get("consistency_config") else ConsistencyConfig()
@@ -258,6 +293,8 @@ def run_probes(ds: SequenceDataset, task: str, cfg: ProbeConfig, run: Path | Non
             spec = read_json(run / "model_config.json")
             out.append(encoder_result("random-encoder", task, build_model(spec["model"], spec["config"]), fit, test,
                                       cfg, ccfg))
+        if own_head:
+            out.append(own_head_result(run, task, test, ccfg, pool))
     return out
 
 
@@ -269,6 +306,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", required=True, choices=VARIANTS)
     p.add_argument("--run", type=Path, default=None, help="a finished teacher run: probe its frozen encoder")
     p.add_argument("--random-encoder", action="store_true", help="also probe a fresh encoder of the run's config")
+    p.add_argument("--own-head", action="store_true", help="also read the run's own head (checkpoint.pt, last epoch)")
+    p.add_argument("--write-subset", type=Path, default=None, metavar="FILE",
+                   help="write the dataset without the probe's test users to FILE and exit")
     p.add_argument("--views", type=int, default=ProbeConfig.views, help="augmented copies per user")
     p.add_argument("--max-users", type=int, default=ProbeConfig.max_users)
     p.add_argument("--seed", type=int, default=ProbeConfig.seed)
@@ -280,11 +320,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.random_encoder and args.run is None:
-        raise SystemExit("--random-encoder needs --run (the config of the encoder to initialise)")
+    if (args.random_encoder or args.own_head) and args.run is None:
+        raise SystemExit("--random-encoder and --own-head need --run (a finished teacher folder)")
     cfg = ProbeConfig(views=args.views, max_users=args.max_users, seed=args.seed)
     ds = load_dataset(args.dataset, args.data_dir)
-    results = run_probes(ds, args.task, cfg, args.run, args.random_encoder)
+    if args.write_subset:
+        print(f"{args.write_subset}: {write_subset(ds, cfg, args.write_subset)} of {ds.num_users} users")
+        return 0
+    results = run_probes(ds, args.task, cfg, args.run, args.random_encoder, args.own_head)
     rows = [{"dataset": ds.name, **asdict(r)} for r in results]
     for r in rows:
         print(json.dumps(r))
