@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.onnx_export import EXPORTERS, EncoderInfo, ExportError, export_encoder
-from protocol import DataError, SequenceDataset, load_dataset
+from export.index import DEFAULT_INDEX, IndexConfig, choose_index, item_queries, write_index
+from export.onnx_export import EXPORTERS, EncoderInfo, ExportError, export_encoder, ort_encode, ort_session
+from protocol import DataError, SequenceDataset, ann, eval_examples, load_dataset, pad_left
 from protocol.artifact import (  # noqa: F401 - MANIFEST re-exported for export.__main__
     ENCODER_FILE,
     ID_MAP_FILE,
@@ -198,6 +199,7 @@ def build_manifest(
     has_id_map: bool,
     created: datetime,
     files: dict[str, str],
+    index: dict[str, Any] | None = None,
 ) -> Manifest:
     metrics = info["metrics"]
     return Manifest(
@@ -219,6 +221,7 @@ def build_manifest(
         packages=package_versions(),
         files=files,
         has_id_map=has_id_map,
+        index=index,
         # read by ``python -m export.verify`` only; readers ignore other keys
         extra={
             "architecture": info["model"],
@@ -257,6 +260,24 @@ def _write_files(
     return encoder, items, id_map
 
 
+def index_queries(tmp: Path, encoder: EncoderInfo, items: np.ndarray, ds: SequenceDataset,
+                  config: IndexConfig) -> tuple[np.ndarray, str]:
+    """Query vectors for measuring the index, and what they are: real test histories (each user's ``s[:-1]``,
+    the users of ``protocol.ann.query_rows``) through the exported ``encoder.onnx`` (ONNX Runtime, as the server
+    encodes), or with ``query_source="items"`` draws from the item distribution (``export.index.item_queries``)."""
+    if config.query_source == "items":
+        return item_queries(items, config.queries, config.seed), (
+            f"{config.queries} vectors drawn from a Gaussian fitted to items.npy (mean, per-dimension std)")
+    histories, _ = eval_examples(ds, "test")
+    rows = ann.query_rows(len(histories), config.queries, config.seed)
+    hist = pad_left([histories[i] for i in rows], encoder.max_len)
+    users = (rows + 1).astype(np.int64) if encoder.uses_user else None  # model user ids: row + 1 (0 = anonymous)
+    queries = ort_encode(ort_session(tmp / ENCODER_FILE), hist, users)
+    return np.ascontiguousarray(queries, dtype=np.float32), (
+        f"test histories of {len(rows)} of {len(histories)} users (protocol.ann.query_rows(users, {config.queries}, "
+        f"seed {config.seed})) through encoder.onnx; tuned on the even positions, measured on the odd ones")
+
+
 def build_artifact(
     run_dir: str | os.PathLike,
     out_root: str | os.PathLike = DEFAULT_ROOT,
@@ -265,11 +286,15 @@ def build_artifact(
     data: str | os.PathLike | None = None,
     exporters: tuple[str, ...] = EXPORTERS,
     update_latest: bool = True,
+    index: IndexConfig = DEFAULT_INDEX,
 ) -> Path:
     """Build ``<out_root>/<model>/<version>/`` from a finished run and return its path.
 
     ``model`` defaults to the run's best weights (``training.runs.load_run_model``); ``data`` is a data
     folder or ``.txt`` file (default: ``$SSI_DATA_DIR`` / ``./data``, looked up by the run's dataset name).
+    ``index`` says which search index travels with it (``export.index``: exact up to ``exact_max_items``
+    items, else an approximate index chosen for ``recall_target``); the manifest's ``index`` entry records
+    it and its recall@10 against exact.
     """
     run_dir, out_root = Path(run_dir), Path(out_root)
     info = read_run(run_dir)
@@ -283,6 +308,10 @@ def build_artifact(
     tmp.mkdir(parents=True)
     try:
         encoder, items, id_map = _write_files(tmp, model, ds, info, run_dir, exporters)
+        queries, source = index_queries(tmp, encoder, items, ds, index)
+        faiss_index, index_entry = choose_index(items, queries, source, index)
+        if faiss_index is not None:
+            write_index(faiss_index, tmp)
         files = file_checksums(tmp, [p.name for p in tmp.iterdir()])
         manifest = build_manifest(
             name=name,
@@ -296,6 +325,7 @@ def build_artifact(
             has_id_map=id_map is not None,
             created=created,
             files=files,
+            index=index_entry,
         )
         manifest.write(tmp)
         for p in tmp.iterdir():

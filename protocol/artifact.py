@@ -6,6 +6,12 @@ it. Layout (docs/CONTRACTS.md, "Serving artifact")::
 
     <root>/latest                      text "<model-name>/<version>", replaced atomically
     <root>/<model-name>/<version>/     manifest.json, encoder.onnx, items.npy, popularity.npy[, id_map.json]
+                                       [, index.faiss]
+
+The manifest's ``index`` entry (``INDEX_KEYS``) says how the server ranks the whole catalogue: the kind chosen at
+export (``flat`` = exact, no file; ``ivf`` / ``ivfpq`` / ``hnsw`` = ``index.faiss``, written by
+``faiss.write_index``), its FAISS factory string, its search knob (``params``) and its recall@10 against exact
+measured at export. An artifact without the entry (exported before indexes travelled) is served exactly.
 
 What lives here: the names (``MANIFEST``, ``ENCODER_FILE``, ...), ``SCHEMA_VERSION``, the manifest as
 typed parts (``Manifest``, ``EncoderSpec``, ``DatasetSpec``) that write the JSON layout, and the checks
@@ -27,10 +33,10 @@ from typing import Any
 from protocol.data import sha256_file
 
 __all__ = [
-    "ENCODER_FILE", "ID_MAP_FILE", "INPUT_HISTORY", "INPUT_USER", "ITEMS_FILE", "LATEST", "MANIFEST",
+    "ENCODER_FILE", "ID_MAP_FILE", "INDEX_FILE", "INDEX_KEYS", "INPUT_HISTORY", "INPUT_USER", "ITEMS_FILE", "LATEST", "MANIFEST",
     "OUTPUT_QUERY", "POPULARITY_FILE", "REQUIRED_KEYS", "SCHEMA_VERSION", "ArtifactError", "ArtifactFiles",
     "DatasetSpec", "EncoderSpec", "Manifest", "artifact_files", "check_counts", "file_checksums",
-    "input_names", "is_safe_name", "latest_text", "open_artifact", "read_manifest", "resolve_latest",
+    "index_entry", "input_names", "is_safe_name", "latest_text", "open_artifact", "read_manifest", "resolve_latest",
     "sha256_file", "verify_checksums",
 ]
 
@@ -41,6 +47,10 @@ ENCODER_FILE = "encoder.onnx"
 ITEMS_FILE = "items.npy"
 POPULARITY_FILE = "popularity.npy"
 ID_MAP_FILE = "id_map.json"
+INDEX_FILE = "index.faiss"
+#: Keys of the manifest's ``index`` entry that readers rely on (``index_entry`` checks them).
+INDEX_KEYS = ("kind", "factory", "params", "recall_at_10", "queries", "query_source", "build_s")
+INDEX_KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 INPUT_HISTORY, INPUT_USER, OUTPUT_QUERY = "history", "user", "query"
 #: Manifest keys every reader relies on (dotted paths); ``read_manifest`` refuses a manifest without one.
 REQUIRED_KEYS = ("model.name", "model.version", "encoder.file", "encoder.max_len", "encoder.output_name",
@@ -130,6 +140,7 @@ class Manifest:
     packages: dict[str, str]
     files: dict[str, str]
     has_id_map: bool = False
+    index: dict[str, Any] | None = None  # the ``index`` entry (``INDEX_KEYS``); None: none recorded
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -144,6 +155,8 @@ class Manifest:
             "dataset": self.dataset.to_dict(),
             "metrics": self.metrics,
         }
+        if self.index is not None:
+            out["index"] = self.index
         out.update(self.extra)
         out.update(created_at=self.created_at, packages=self.packages, files=self.files)
         return out
@@ -191,8 +204,8 @@ def _require(manifest: dict[str, Any], dotted: str, mpath: Path) -> Any:
 
 
 def artifact_files(path: str | Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """``{role: file name}`` for encoder, items, popularity and (when present) id_map, each checked to be
-    a plain file name that exists in ``path``."""
+    """``{role: file name}`` for encoder, items, popularity and (when present) id_map and index, each checked
+    to be a plain file name that exists in ``path``."""
     path = Path(path)
     mpath = path / MANIFEST
     names = {"encoder": manifest["encoder"]["file"], "items": manifest["items"]["file"],
@@ -204,12 +217,35 @@ def artifact_files(path: str | Path, manifest: dict[str, Any]) -> dict[str, str]
         names["id_map"] = id_map
     elif (path / ID_MAP_FILE).is_file():
         names["id_map"] = ID_MAP_FILE
+    entry = index_entry(manifest, mpath)
+    if entry is not None and entry.get("file"):
+        names["index"] = entry["file"]
     for role, name in names.items():
         if not is_safe_name(name):
             raise ArtifactError(f"{mpath}: {role} file name {name!r} is not a plain file name")
         if not (path / name).is_file():
             raise ArtifactError(f"{path / name}: missing file")
     return names
+
+
+def index_entry(manifest: dict[str, Any], mpath: str | Path = MANIFEST) -> dict[str, Any] | None:
+    """The manifest's ``index`` entry, checked (``INDEX_KEYS``, a known kind, a file for an approximate kind),
+    or None when the artifact has none (exported before indexes travelled: served exactly)."""
+    entry = manifest.get("index")
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ArtifactError(f"{mpath}: 'index' must be an object")
+    for key in INDEX_KEYS:
+        if key not in entry:
+            raise ArtifactError(f"{mpath}: missing key 'index.{key}'")
+    if entry["kind"] not in INDEX_KINDS:
+        raise ArtifactError(f"{mpath}: index.kind {entry['kind']!r} is not one of {', '.join(INDEX_KINDS)}")
+    if entry["kind"] != "flat" and not entry.get("file"):
+        raise ArtifactError(f"{mpath}: index.kind {entry['kind']!r} needs 'index.file' (the faiss.write_index file)")
+    if not isinstance(entry["params"], dict):
+        raise ArtifactError(f"{mpath}: index.params must be an object (knob -> value)")
+    return entry
 
 
 def verify_checksums(path: str | Path, manifest: dict[str, Any], names: dict[str, str]) -> None:
@@ -220,8 +256,8 @@ def verify_checksums(path: str | Path, manifest: dict[str, Any], names: dict[str
     mpath = path / MANIFEST
     if not isinstance(sums, dict):
         raise ArtifactError(f"{mpath}: 'files' must map file names to sha256 checksums")
-    for role in ("encoder", "items", "popularity"):
-        if names[role] not in sums:
+    for role in ("encoder", "items", "popularity", "index"):
+        if role in names and names[role] not in sums:
             raise ArtifactError(f"{mpath}: no checksum for {names[role]} in 'files'")
     for name, expected in sums.items():
         if not is_safe_name(name):
@@ -288,7 +324,7 @@ class ManifestView:
 class ArtifactFiles(ManifestView):
     """An artifact folder whose manifest (and, by default, checksums) passed; no array is loaded."""
 
-    files: dict[str, str]  # role -> file name (encoder, items, popularity[, id_map])
+    files: dict[str, str]  # role -> file name (encoder, items, popularity[, id_map][, index])
 
     def file(self, role: str) -> Path:
         return self.path / self.files[role]

@@ -24,6 +24,7 @@ from protocol.artifact import (  # noqa: F401 - SCHEMA_VERSION, MANIFEST, LATEST
     ManifestView,
     artifact_files,
     check_counts,
+    index_entry,
     read_manifest,
     resolve_latest,
     sha256_file,
@@ -59,6 +60,8 @@ class Artifact(ManifestView):
     popularity: np.ndarray  # (P,) int64 internal item ids, most popular first
     id_map: IdMap | None = None
     pop_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N+1,) rank by id
+    index: dict[str, Any] | None = None  # the manifest's ``index`` entry (None: an artifact from before it)
+    index_path: Path | None = None  # its ``index.faiss`` (read by the backend), None for exact search
 
     @property
     def name(self) -> str:
@@ -85,6 +88,7 @@ class Artifact(ManifestView):
             "encoder": {k: v for k, v in self.encoder.items() if k != "file"},
             "items": {"count": self.num_items, "dim": self.dim}, "has_id_map": self.id_map is not None,
             "dataset": m.get("dataset"), "metrics": m.get("metrics"), "packages": m.get("packages"),
+            "index": {k: v for k, v in self.index.items() if k not in ("sweep", "file")} if self.index else None,
         }
 
 
@@ -108,8 +112,10 @@ def load_artifact(path: str | Path, verify_checksums: bool = True) -> Artifact:
     id_map = _load_id_map(path / files["id_map"], n) if "id_map" in files else None
     pop_rank = np.full(n + 1, n + 1, dtype=np.int64)
     pop_rank[popularity] = np.arange(len(popularity))  # popularity holds every item once
+    index = index_entry(manifest, path / MANIFEST)  # the index file itself is checked against items.npy on reading
     return Artifact(path=path, manifest=manifest, encoder_path=path / files["encoder"], items=items,
-                    popularity=popularity, id_map=id_map, pop_rank=pop_rank)
+                    popularity=popularity, id_map=id_map, pop_rank=pop_rank, index=index,
+                    index_path=path / files["index"] if "index" in files else None)
 
 
 def _load_npy(fpath: Path) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 - CPU: ORT ``CPUExecutionProvider`` with a small intra-op thread count + exact search by one BLAS matmul
   per batch (``serving.scoring.MatmulSearcher``) or FAISS ``IndexFlatIP``, chosen per artifact by the
-  ``scoring`` setting (``serving.scoring.choose_scoring``), or FAISS ``IndexHNSWFlat`` (``index=hnsw``).
+  ``scoring`` setting (``serving.scoring.choose_scoring``), or the approximate index the artifact carries
+  (``FaissArtifactSearcher``: IVF or HNSW built and measured at export, read with ``faiss.read_index``).
 - CUDA: ORT ``CUDAExecutionProvider`` (checked with ``session.get_providers()``, never assumed) +
   a FAISS GPU flat index (k capped at 2048; larger fetches fall back to an exact matmul).
 - CUDA without faiss-gpu: torch on CUDA for search (exact top-k by matmul). torch is imported lazily
@@ -20,11 +21,14 @@ import importlib.util
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from protocol import ann
 from serving.artifact import Artifact, ArtifactError
 from serving.scoring import MATMUL_MAX_ITEMS, MatmulSearcher, choose_scoring, settle_ties, topk
 
@@ -147,63 +151,79 @@ class FaissCpuSearcher:
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """How the CPU ranks the whole catalogue: ``flat`` (exact, the default) or ``hnsw`` (approximate); for
-    ``flat``, the scoring path (``serving.scoring.choose_scoring``: auto | matmul | faiss)."""
+    """How the CPU ranks the whole catalogue: ``artifact`` (the default) = the index the artifact carries (built
+    and measured at export, read with ``faiss.read_index``; exact search when the artifact carries an exact one or
+    none), ``flat`` = exact search whatever it carries; for exact search, the scoring path
+    (``serving.scoring.choose_scoring``: auto | matmul | faiss)."""
 
-    kind: str = "flat"
-    hnsw_m: int = 32  # graph degree
-    hnsw_ef_search: int = 64  # candidate list of a search (raised to k when k is larger)
+    kind: str = "artifact"
     scoring: str = "auto"
     matmul_max_items: int = MATMUL_MAX_ITEMS
 
 
-class FaissHnswSearcher:
-    """FAISS ``IndexHNSWFlat`` on the CPU: approximate inner-product top-k, built when the artifact loads.
+class FaissArtifactSearcher:
+    """The artifact's own FAISS index (``index.faiss``: IVF or HNSW by inner product), read with
+    ``faiss.read_index``, never rebuilt; its search knob (``nprobe`` / ``efSearch``) set from the manifest with
+    ``faiss.ParameterSpace``.
 
-    Faster than the exact scan on large catalogues, at a recall below 1: ``recall_at_10`` is measured
-    against exact search at build time (512 item vectors as queries) and shown by ``/model``. Rows the
-    graph cannot fill (fewer than k reachable items) are answered by the exact scan.
-    """
+    Approximate: its recall@10 against exact search, measured at export on held-out queries, is in the manifest
+    and shown by ``/model``. A fetch deeper than an HNSW's ``efSearch`` (over-fetch for seen items) searches with
+    ``efSearch`` raised to the fetch; rows the index cannot fill (an IVF probe that reaches fewer than k items)
+    are answered by the exact scan."""
 
-    index_type = "IndexHNSWFlat"
     device = "cpu"
     supports_mask = False
 
-    def __init__(self, items: np.ndarray, threads: int, m: int, ef_search: int) -> None:
+    def __init__(self, path: Path, entry: dict[str, Any], items: np.ndarray, threads: int) -> None:
         import faiss
 
         faiss.omp_set_num_threads(threads)
-        self.faiss = faiss
-        self.m, self.ef_search = m, ef_search
-        self.index = faiss.IndexHNSWFlat(items.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-        self.index.hnsw.efConstruction = 4 * m
-        self.index.add(items)
-        self.exact = FaissCpuSearcher(items, threads)
+        self.faiss, self.path, self.entry = faiss, path, entry
+        t0 = time.perf_counter()
+        try:
+            index = faiss.read_index(str(path))
+        except Exception as e:  # noqa: BLE001 - faiss raises RuntimeError with a C++ message for any bad file
+            raise ArtifactError(f"{path}: not a readable FAISS index ({_short(e)})") from None
+        self.read_s = time.perf_counter() - t0
+        n, d = items.shape
+        if index.ntotal != n or index.d != d:
+            raise ArtifactError(f"{path}: index holds {index.ntotal} x {index.d} vectors, items.npy is {n} x {d}")
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ArtifactError(f"{path}: index metric {index.metric_type} is not inner product")
+        self.kind = str(entry["kind"])
+        self.params = dict(entry["params"])
+        for name, value in self.params.items():
+            try:
+                ann.set_knob(index, name, value)
+            except Exception as e:  # noqa: BLE001 - ParameterSpace raises RuntimeError for a knob the index lacks
+                raise ArtifactError(f"{path}: cannot set index.params {name}={value} ({_short(e)})") from None
+        self.index = index
+        self.index_type = type(faiss.downcast_index(index)).__name__
+        self.ef_search = ann.get_knob(index, "efSearch") if self.kind == "hnsw" else None
+        self.exact = MatmulSearcher(items)
         self.version = faiss.__version__
-        self.recall_at_10 = self._recall_at_10(items)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.index.ntotal)
-        params = self.faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.ef_search is not None and k > self.ef_search:
+            scores, rows = self.index.search(q, k, params=self.faiss.SearchParametersHNSW(efSearch=k))
+        else:
+            scores, rows = self.index.search(q, k)
         short = (rows < 0).any(axis=1)
         if short.any():
-            scores[short], ids = self.exact.search(queries[short], k)
+            scores[short], ids = self.exact.search(q[short], k)
             rows[short] = ids - 1
         return scores, rows.astype(np.int64) + 1
 
-    def _recall_at_10(self, items: np.ndarray) -> float:
-        rng = np.random.default_rng(0)
-        queries = items[rng.choice(len(items), size=min(512, len(items)), replace=False)]
-        k = min(10, len(items))
-        _, got = self.search(queries, k)
-        _, want = self.exact.search(queries, k)
-        return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got.tolist(), want.tolist())]))
-
     def describe(self) -> dict[str, Any]:
+        e = self.entry
         return {"type": self.index_type, "library": f"faiss {self.version}", "device": self.device,
-                "ntotal": int(self.index.ntotal), "m": self.m, "ef_search": self.ef_search,
-                "recall_at_10_vs_exact": round(self.recall_at_10, 4)}
+                "ntotal": int(self.index.ntotal), "kind": self.kind, "factory": e["factory"], "params": self.params,
+                "recall_at_10_vs_exact": e["recall_at_10"], "recall_queries": e["queries"],
+                "recall_target": e.get("recall_target"), "query_source": e["query_source"],
+                "build_s_at_export": e["build_s"], "loaded": f"{self.path.name} by faiss.read_index in "
+                f"{self.read_s:.3f}s (not rebuilt)"}
 
 
 class FaissGpuSearcher:
@@ -362,11 +382,12 @@ def create_backend(artifact: Artifact, device: str = "auto", threads: int = 1,
     elif status["torch_cuda"]:
         searcher = TorchCudaSearcher(artifact.items)
     else:
-        searcher, _ = _cpu_searcher(artifact.items, threads, index)
+        searcher, _ = _cpu_searcher(artifact, threads, index)
     if not encoder.on_cuda and searcher.device != "cuda":
         return _no_cuda(artifact, device, threads, index, f"ONNX Runtime providers in use: {encoder.providers}")
-    if index.kind != "flat" and searcher.device == "cuda":
-        log.warning("index=%s is a CPU index; the GPU flat index (exact) is used on CUDA", index.kind)
+    if artifact.index_path is not None and searcher.device == "cuda":
+        log.info("the artifact's %s index is a CPU index; the GPU flat index (exact) ranks on CUDA",
+                 (artifact.index or {}).get("factory"))
     if status["ort_cuda"] and not encoder.on_cuda:
         log.warning("CUDAExecutionProvider is installed but not active (%s); encoder on CPU", encoder.providers)
     name = f"{'ort-cuda' if encoder.on_cuda else 'ort-cpu'}+{searcher.describe()['library'].split()[0]}-{searcher.device}"
@@ -379,29 +400,38 @@ def _no_cuda(artifact: Artifact, device: str, threads: int, index: IndexSpec, wh
     return _cpu_backend(artifact, threads, index)
 
 
-def _cpu_searcher(items: np.ndarray, threads: int, index: IndexSpec = IndexSpec()) -> tuple[Searcher, str]:
-    """The CPU searcher for ``index`` and why it was chosen."""
-    if index.kind == "hnsw":
+def _cpu_searcher(artifact: Artifact, threads: int, index: IndexSpec = IndexSpec()) -> tuple[Searcher, str]:
+    """The CPU searcher for ``index`` and the artifact, and why it was chosen."""
+    items, entry = artifact.items, artifact.index
+    if index.kind == "artifact" and artifact.index_path is not None and entry is not None:
         try:
-            searcher = FaissHnswSearcher(items, threads, index.hnsw_m, index.hnsw_ef_search)
+            searcher = FaissArtifactSearcher(artifact.index_path, entry, items, threads)
         except ImportError:
-            log.warning("faiss is not installed; index=hnsw falls back to exact matmul search")
-            return MatmulSearcher(items), "index=hnsw without faiss: exact matmul"
-        log.info("HNSW index (M %d, efSearch %d): recall@10 against exact search %.4f",
-                 index.hnsw_m, index.hnsw_ef_search, searcher.recall_at_10)
-        return searcher, "index=hnsw (approximate)"
+            log.warning("faiss is not installed; the artifact's %s index is not used, exact matmul search instead",
+                        entry["factory"])
+            return MatmulSearcher(items), f"faiss not installed: exact matmul instead of the artifact's {entry['factory']}"
+        log.info("artifact index %s (%s): recall@10 against exact %.4f on %s queries at export",
+                 entry["factory"], entry["params"], entry["recall_at_10"], entry["queries"])
+        return searcher, f"index=artifact: the artifact's {entry['factory']} ({entry.get('chosen_because', '')})"
     path, why = choose_scoring(index.scoring, len(items), index.matmul_max_items)
+    if index.kind == "flat":
+        where = "index=flat (setting): exact"
+    elif entry is None:
+        where = "index=artifact: the artifact records no index (exported before indexes travelled): exact"
+    else:
+        where = f"index=artifact: the artifact's index is exact ({entry.get('chosen_because', 'flat')})"
+    why = f"{why}; {where}"
     if path == "faiss":
         try:
             return FaissCpuSearcher(items, threads), why
         except ImportError:
             log.warning("faiss is not installed; using exact numpy matmul search")
-            return MatmulSearcher(items), "faiss not installed: exact matmul"
+            return MatmulSearcher(items), f"faiss not installed: exact matmul; {where}"
     return MatmulSearcher(items), why
 
 
 def _cpu_backend(artifact: Artifact, threads: int, index: IndexSpec = IndexSpec()) -> Backend:
     encoder = OrtEncoder(artifact, use_cuda=False, threads=threads)
-    searcher, why = _cpu_searcher(artifact.items, threads, index)
+    searcher, why = _cpu_searcher(artifact, threads, index)
     return Backend(name=f"ort-cpu+{searcher.describe()['library'].split()[0]}-cpu", encoder=encoder,
                    searcher=searcher, items=artifact.items, scoring=why)

@@ -37,13 +37,13 @@ class Settings(BaseSettings):
     # Compute
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when usable")
     ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads (and FAISS/OMP threads)")
-    index: Literal["flat", "hnsw"] = Field(
-        "flat", description="CPU index for top-k: flat = exact scan (FAISS IndexFlatIP); hnsw = approximate "
-        "graph search (IndexHNSWFlat, built at load; /model shows its recall@10 against exact)")
-    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
-    hnsw_ef_search: int = Field(64, ge=1, le=4096, description="HNSW search breadth (raised to k when smaller)")
+    index: Literal["artifact", "flat"] = Field(
+        "artifact", description="CPU index for top-k: artifact = the index the artifact carries (chosen, built and "
+        "measured at export: exact up to its exact_max_items, else IVF/HNSW read with faiss.read_index, never "
+        "rebuilt; /model shows it, its parameters and its recall@10 against exact); an artifact exported without "
+        "one is served exactly; flat = exact search whatever the artifact carries")
     scoring: Literal["auto", "matmul", "faiss"] = Field(
-        "auto", description="exact CPU top-k of index=flat: matmul = one BLAS matmul + partial top-k per batch, "
+        "auto", description="exact CPU top-k (index=flat, or an artifact whose index is exact): matmul = one BLAS matmul + partial top-k per batch, "
         "faiss = FAISS IndexFlatIP per query; auto = matmul up to matmul_max_items items, faiss above (same "
         "answers; serving/scoring.py, measured in loadtest/README.md). GPU backends keep their GPU index")
     matmul_max_items: int = Field(MATMUL_MAX_ITEMS, ge=0, description="scoring=auto: the largest catalogue "

@@ -63,8 +63,7 @@ def warmup_batch_sizes(settings: Settings) -> list[int]:
 def load_state(settings: Settings, path: Path | None = None) -> ModelState:
     """Load, verify and warm the artifact. Raises ArtifactError (bad artifact) or RuntimeError (device)."""
     artifact = load_artifact(path or artifact_to_serve(settings))
-    index = IndexSpec(settings.index, settings.hnsw_m, settings.hnsw_ef_search, settings.scoring,
-                      settings.matmul_max_items)
+    index = IndexSpec(settings.index, settings.scoring, settings.matmul_max_items)
     backend = create_backend(artifact, settings.device, settings.ort_threads, index)
     t0 = time.perf_counter()
     backend.warmup(warmup_batch_sizes(settings), artifact.max_len)

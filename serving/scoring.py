@@ -17,7 +17,8 @@ score matrix and the per-row partition get large. The threshold comes from the m
 ``loadtest/README.md`` (``python -m serving.scoring ARTIFACT`` repeats it on any machine): on a
 Beauty-size table (12,101 x 51), matmul + top-k against IndexFlatIP per batch of 1 / 8 / 32 queries, and on
 tables of 50,000 and 200,000 items. GPU backends keep their FAISS GPU (or torch) index, and
-``index=hnsw`` keeps its approximate graph.
+an artifact that carries an approximate index (``index=artifact``, ``serving.backends.FaissArtifactSearcher``)
+is searched with it.
 
 ``/eval`` does not go through either: it scores every item (``Backend.score_all``) and ranks with the
 protocol's pessimistic ties, so its metrics do not depend on this choice.

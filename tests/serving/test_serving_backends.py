@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.artifact import load_artifact
+from protocol import ann
+from serving.artifact import ArtifactError, load_artifact
 from serving.backends import (
+    FaissArtifactSearcher,
     FaissCpuSearcher,
-    FaissHnswSearcher,
     IndexSpec,
     NumpySearcher,
     create_backend,
@@ -48,50 +49,63 @@ def test_faiss_cpu_equals_numpy_exact(k: int) -> None:
     assert_same_topk(got, ref)
 
 
-def test_hnsw_is_close_to_exact_and_always_returns_k_valid_items() -> None:
+def _written_index(tmp_path: Path, factory: str, items: np.ndarray, params: dict) -> tuple[Path, dict]:
+    """An index as export writes it (``protocol.ann.build`` + ``faiss.write_index``) and its manifest entry."""
+    import faiss
+
+    built = ann.build(factory, items)
+    path = tmp_path / "index.faiss"
+    faiss.write_index(built.index, str(path))
+    entry = {"kind": built.kind, "factory": factory, "file": path.name, "params": params, "recall_at_10": 0.9,
+             "queries": 10, "query_source": "test", "build_s": built.build_s}
+    return path, entry
+
+
+def test_artifact_hnsw_index_is_close_to_exact_and_always_returns_k_valid_items(tmp_path: Path) -> None:
     items, queries = _data(n=3000, d=16, b=64, seed=1)
-    hnsw = FaissHnswSearcher(items, threads=1, m=16, ef_search=64)
-    assert 0.9 <= hnsw.recall_at_10 <= 1.0
+    path, entry = _written_index(tmp_path, "HNSW16", items, {"efSearch": 64})
+    hnsw = FaissArtifactSearcher(path, entry, items, threads=1)
     ref = NumpySearcher(items).search(queries, 10)
     scores, ids = hnsw.search(queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), ref[1].tolist())])
     assert recall >= 0.9
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ items.T, ids - 1, axis=1), rtol=1e-5, atol=1e-5)
-    _, deep = hnsw.search(queries[:4], 700)  # k far above ef_search: still k distinct valid ids
+    _, deep = hnsw.search(queries[:4], 700)  # k far above efSearch (over-fetch): still k distinct valid ids
     assert deep.shape == (4, 700) and deep.min() >= 1 and deep.max() <= len(items)
     assert all(len(set(row)) == 700 for row in deep.tolist())
-    assert hnsw.describe()["type"] == "IndexHNSWFlat" and hnsw.describe()["recall_at_10_vs_exact"] >= 0.9
+    info = hnsw.describe()
+    assert info["type"] == "IndexHNSWFlat" and info["params"] == {"efSearch": 64} and "not rebuilt" in info["loaded"]
 
 
-def test_hnsw_rows_the_graph_cannot_fill_come_from_the_exact_scan() -> None:
+def test_artifact_index_rows_it_cannot_fill_come_from_the_exact_scan(tmp_path: Path) -> None:
     items, queries = _data(n=400, d=8, b=3, seed=2)
-    hnsw = FaissHnswSearcher(items, threads=1, m=8, ef_search=16)
-    real = hnsw.index
+    path, entry = _written_index(tmp_path, "IVF8,Flat", items, {"nprobe": 1})
+    ivf = FaissArtifactSearcher(path, entry, items, threads=1)
+    real = ivf.index
 
-    class Holes:  # the graph leaves the last 3 places of row 1 empty (-1), as FAISS does when it runs dry
+    class Holes:  # the probe leaves the last 3 places of row 1 empty (-1), as FAISS does when its lists run dry
         ntotal = real.ntotal
 
         def search(self, q, k, params=None):
-            scores, rows = real.search(q, k, params=params)
+            scores, rows = real.search(q, k)
             rows[1, -3:] = -1
             return scores, rows
 
-    hnsw.index = Holes()
-    scores, ids = hnsw.search(queries, 10)
+    ivf.index = Holes()
+    scores, ids = ivf.search(queries, 10)
     exact = NumpySearcher(items).search(queries[1:2], 10)
     assert ids.min() >= 1
     assert_same_topk((scores[1:2], ids[1:2]), exact)
 
 
-def test_cpu_backend_with_hnsw_index(artifact_v1: Path) -> None:
-    art = load_artifact(artifact_v1)
-    backend = create_backend(art, "cpu", threads=1, index=IndexSpec("hnsw", hnsw_m=8, hnsw_ef_search=32))
-    info = backend.describe()["index"]
-    assert info["type"] == "IndexHNSWFlat" and info["m"] == 8 and info["ef_search"] == 32
-    q = backend.encode(np.ones((2, art.max_len), dtype=np.int64), np.zeros(2, dtype=np.int64))
-    _, ids = backend.search(q, 10)
-    assert ids.shape == (2, 10) and ids.min() >= 1 and ids.max() <= art.num_items
+def test_artifact_index_that_does_not_match_the_items_is_an_artifact_error(tmp_path: Path) -> None:
+    items, _ = _data(n=400, d=8)
+    path, entry = _written_index(tmp_path, "IVF8,Flat", items, {"nprobe": 2})
+    with pytest.raises(ArtifactError, match=r"index\.faiss: index holds 400 x 8 vectors, items.npy is 399 x 8"):
+        FaissArtifactSearcher(path, entry, items[:-1], threads=1)
+    with pytest.raises(ArtifactError, match=r"cannot set index.params efSearch=3"):
+        FaissArtifactSearcher(path, {**entry, "params": {"efSearch": 3}}, items, threads=1)
 
 
 def test_cpu_backend_from_artifact(artifact_v1: Path) -> None:
@@ -100,7 +114,8 @@ def test_cpu_backend_from_artifact(artifact_v1: Path) -> None:
     info = backend.describe()
     assert info["encoder"]["providers"] == ["CPUExecutionProvider"]
     assert info["index"]["type"] == "IndexFlatIP" and info["device"] == "cpu"
-    assert info["index"]["chosen_because"] == "scoring=faiss (setting)"
+    assert info["index"]["chosen_because"].startswith("scoring=faiss (setting); index=artifact: the artifact records "
+                                                      "no index")
     hist = np.zeros((3, art.max_len), dtype=np.int64)
     hist[:, -3:] = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     q = backend.encode(hist, np.array([0, 1, 2]))

@@ -325,17 +325,6 @@ def test_slow_worker_gives_504(make_client, artifact_root: Path) -> None:
     assert r.status_code == 504 and r.json()["error"] == "timeout"
 
 
-def test_hnsw_index_setting_serves_valid_answers(make_client, artifact_root: Path, ref: Reference) -> None:
-    c = make_client(artifact_root, index="hnsw", hnsw_m=8)
-    index = c.get("/model").json()["index"]
-    assert index["type"] == "IndexHNSWFlat" and 0.9 <= index["recall_at_10_vs_exact"] <= 1.0
-    history = [3, 7, 11, 20]
-    body = post(c, {"history": history, "k": 10}).json()
-    assert len(body["items"]) == 10 and not set(body["items"]) & set(history)
-    exact = ref.topk(history, 10, exclude=set(history))
-    assert len(set(body["items"]) & set(exact)) >= 8  # approximate, but close on this small catalogue
-
-
 def test_loop_mode_full_queue_gives_503(make_client, artifact_root: Path) -> None:
     c = make_client(artifact_root, max_queue_size=2, batching_mode="loop")
     r = c.post("/recommend/batch", json={"requests": [{"history": [1]}] * 3})
