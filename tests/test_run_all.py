@@ -61,12 +61,21 @@ def test_smoke_reproduction_writes_every_report_file(tmp_path, shared_data_dir):
     assert "| lastfm | ssi_hgn |" in table
     latest = (serving / "latest").read_text().strip()
     assert (serving / latest / "manifest.json").is_file()
-    # the served student is the finished student with the best validation NDCG@10, named by its row
+    # the served student is the finished student with the best validation full NDCG@10, named by its row
     students = [r for r in doc["runs"] if r["model"] in {"hgn", "ssi_hgn", "ssi_hgn_no_kl", "ssi_hgn_no_mse",
                                                           "ssi_hgn_temporal"}]
-    best = max(students, key=lambda r: r["metrics"]["valid"]["sampled"]["ndcg@10"])
+    best = max(students, key=lambda r: r["metrics"]["valid"]["full"]["ndcg@10"])
     manifest = json.loads((serving / latest / "manifest.json").read_text())
     assert manifest["model"]["name"] == best["model"] and manifest["architecture"] == "hgn"
+    assert doc["served"] == {"lastfm": f"{best['model']}/seed42"}
+    # each entry says what it is, read from its spec and run.json
+    by = {r["model"]: r for r in doc["runs"]}
+    assert by["ssi_hgn"]["student"] == "hgn" and by["ssi_hgn"]["alone"] == "hgn" and not by["ssi_hgn"]["ensemble"]
+    assert sorted(by["ssi_hgn"]["teachers"]) == ["teacher_global/seed42", "teacher_persona/seed42",
+                                                 "teacher_temporal/seed42"]
+    assert by["ssi_hgn_temporal"]["teachers"] == ["teacher_temporal/seed42"]
+    assert by["hgn"]["teachers"] == [] and by["hgn"]["alone"] == "hgn"
+    assert by["teacher_temporal"]["student"] is None and by["sasrec"]["student"] is None
     assert "serving lastfm/" + best["model"] in p.stderr
     # a second invocation skips every finished run and only rewrites the report
     p2 = _run(args)
@@ -74,7 +83,7 @@ def test_smoke_reproduction_writes_every_report_file(tmp_path, shared_data_dir):
     hist = out / "lastfm" / "ssi_hgn" / "seed42" / "history.json"
     assert json.loads(hist.read_text()) and "resumed" not in p2.stderr
     assert "| lastfm | ssi_hgn − hgn | 42 |" in (report / "gains.md").read_text()
-    assert doc["gains"][0]["ssi"] == "ssi_hgn" and len(doc["gains"][0]["sampled ndcg@10"]["per_seed"]) == 1
+    assert doc["gains"][0]["ssi"] == "ssi_hgn" and len(doc["gains"][0]["full ndcg@10"]["per_seed"]) == 1
     # --report-only trains nothing: an unfinished row is named as missing
     p3 = _run([*args, "--report-only", "--models", "hgn", "gru4rec"])
     assert p3.returncode == 0, p3.stderr[-3000:]
@@ -145,9 +154,10 @@ def test_a_later_first_seed_warns_that_it_would_train_new_teachers(tmp_path) -> 
     assert all("start --seeds at 42" in line for line in lines)
 
 
-def _metrics(valid: float, test: float = 0.3) -> dict:
-    cell = lambda v: {"sampled": {"ndcg@10": v, "recall@10": v}, "full": {"ndcg@10": v / 10, "recall@10": v / 5}}
-    return {"valid": cell(valid), "test": cell(test)}
+def _metrics(valid: float, test: float = 0.3, sampled: float | None = None) -> dict:
+    """Full N@10 = ``valid`` / 10; sampled N@10 = ``sampled`` (default ``valid``): the two can disagree."""
+    cell = lambda v, smp: {"sampled": {"ndcg@10": smp, "recall@10": smp}, "full": {"ndcg@10": v / 10, "recall@10": v / 5}}
+    return {"valid": cell(valid, valid if sampled is None else sampled), "test": cell(test, test)}
 
 
 def test_the_served_student_is_the_best_on_validation_and_the_log_says_why() -> None:
@@ -158,7 +168,10 @@ def test_the_served_student_is_the_best_on_validation_and_the_log_says_why() -> 
                _metrics(0.41), Run("other", "hgn", 42): _metrics(0.50)}
     best, why = choose_served(results, "d")
     assert best == Run("d", "ssi_hgn_ce_gru", 42)  # not a teacher, not the test-best, not another dataset
-    assert "pays" in why and "0.3300" in why and "hgn_ce" in why
+    assert "pays" in why and "0.0330" in why and "hgn_ce" in why and "full" in why
+    # full ranking decides, not the sampled metric: a student better on sampled only is not served
+    results[Run("d", "ssi_hgn_ce_gru_mean", 42)] = _metrics(0.32, sampled=0.90)
+    assert choose_served(results, "d")[0] == Run("d", "ssi_hgn_ce_gru", 42)
     results[Run("d", "hgn_ce", 43)] = _metrics(0.35)
     best, why = choose_served(results, "d")
     assert best == Run("d", "hgn_ce", 43) and "ALONE" in why and "does not pay" in why

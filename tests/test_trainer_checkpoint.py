@@ -148,3 +148,34 @@ def test_truncated_checkpoint_trains_again_with_one_warning(ds: SequenceDataset,
     assert metrics["test"] == straight["test"] and metrics["valid"] == straight["valid"]
     history = json.loads((run_dir / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("select", ["full", "sampled"])
+def test_the_kept_epoch_follows_the_configured_validation_protocol(ds: SequenceDataset, tmp_path: Path,
+                                                                   select: str) -> None:
+    """Both validation NDCG@10 are logged per epoch; the best weights are those of the epoch with the best
+    value of the one ``select`` names (full ranking by default: what the server returns)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, epochs=4, select=select)  # type: ignore[arg-type]
+    metrics = fit(NextItemTask(ds), ds, cfg, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert all("valid_ndcg@10" in row and "valid_full_ndcg@10" in row for row in history)
+    key = "valid_full_ndcg@10" if select == "full" else "valid_ndcg@10"
+    best = max(history, key=lambda row: (row[key], -row["epoch"]))
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["valid"]["full" if select == "full" else "sampled"]["ndcg@10"] == pytest.approx(best[key])
+
+
+def test_a_checkpoint_chosen_on_the_other_protocol_is_chosen_again(ds: SequenceDataset, tmp_path: Path) -> None:
+    import dataclasses
+
+    run_dir = tmp_path / "run"
+    _interrupted(ds, run_dir, at_epoch=3)  # epochs 1-2 chosen on full (the default)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state["select"] = "sampled"
+    torch.save(state, run_dir / "checkpoint.pt")
+    metrics = fit(NextItemTask(ds), ds, dataclasses.replace(CFG, epochs=4), run_dir)
+    history = json.loads((run_dir / "history.json").read_text())
+    best = max(history, key=lambda row: (row["valid_full_ndcg@10"], -row["epoch"]))
+    assert metrics["best_epoch"] == best["epoch"]

@@ -13,18 +13,16 @@ import statistics
 from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from training.catalogue import CATALOG, Run, alone_of, student_label
 from training.io import atomic_write_json, atomic_write_text
 from training.paper import TABLE2, TABLE3
-
-if TYPE_CHECKING:
-    from training.run_all import Run
 
 METRICS = [f"{m}@{k}" for k in (5, 10, 15, 20) for m in ("recall", "ndcg")]
 PAPER_COLS = ("recall@10", "ndcg@10")
@@ -98,17 +96,7 @@ def table3(rows) -> str:
     return "\n".join(md) + "\n"
 
 
-def alone_of(name: str) -> str | None:
-    """The student trained alone that an imitation row is paired with: ``ssi_hgn_ce_gru_t2`` -> ``hgn_ce``."""
-    if not name.startswith(("ssi_", "kd_")):
-        return None
-    base = name.split("_", 1)[1]
-    while base not in ALONE and "_" in base:
-        base = base.rsplit("_", 1)[0]
-    return base if base in ALONE else None
-
-
-GAIN_METRICS = (("sampled", "recall@10"), ("sampled", "ndcg@10"), ("full", "recall@10"), ("full", "ndcg@10"))
+GAIN_METRICS = (("full", "recall@10"), ("full", "ndcg@10"), ("sampled", "recall@10"), ("sampled", "ndcg@10"))
 
 
 def gains(runs, results) -> tuple[str, list[dict[str, Any]]]:
@@ -137,8 +125,9 @@ def gains(runs, results) -> tuple[str, list[dict[str, Any]]]:
 
 
 # ---- validation tables: teachers vs students alone, imitation options --------------------------------
-ALONE = ("hgn", "hgn_ce", "gru4rec")  # the students trained without imitation
-VALID_COLS = (("valid", "sampled"), ("valid", "full"), ("test", "sampled"), ("test", "full"))
+ALONE = tuple(n for n, s in CATALOG.items() if s.student is not None and not s.teachers)  # students trained alone
+# full ranking first: it is what the server returns and what chooses; sampled (the paper's protocol) beside it
+VALID_COLS = (("valid", "full"), ("test", "full"), ("valid", "sampled"), ("test", "sampled"))
 
 
 def _cells(runs, results) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -178,9 +167,9 @@ def _row_order(name: str, names: list[str] | None, prefix: tuple[str, ...]) -> t
 
 
 def best_alone(runs, results, dataset: str) -> tuple[str, float] | None:
-    """The student trained alone with the best mean validation sampled NDCG@10 on ``dataset``."""
+    """The student trained alone with the best mean validation full NDCG@10 on ``dataset``."""
     cells = _cells(runs, results)
-    scores = {n: statistics.fmean(m["valid"]["sampled"]["ndcg@10"] for m in ms)
+    scores = {n: statistics.fmean(m["valid"]["full"]["ndcg@10"] for m in ms)
               for (d, n), ms in cells.items() if d == dataset and n in ALONE}
     return max(scores.items(), key=lambda kv: kv[1]) if scores else None
 
@@ -217,7 +206,7 @@ def summary(runs, results, gain_md: str, value_md: str = "") -> str:
     for ds in sorted({r.dataset for r in runs if r in results}):
         best = best_alone(runs, results, ds)
         if best:
-            parts.append(f"Best student alone on {ds} (validation sampled N@10): `{best[0]}` {best[1]:.4f}.")
+            parts.append(f"Best student alone on {ds} (validation full N@10): `{best[0]}` {best[1]:.4f}.")
     return "\n\n".join(parts) + "\n"
 
 
@@ -306,8 +295,27 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def run_entry(r: Run, out: Path, results: dict[Run, dict]) -> dict[str, Any]:
+    """One run of report.json: what it is (read from its catalogue spec and its run.json), and its metrics.
+
+    ``student``: the student it trains, named as that student alone (null for a teacher, baseline or
+    ensemble); ``teachers``: the runs it imitated, or an ensemble's members (``row/seedK``; empty when trained
+    alone); ``alone``: the same student trained alone (itself for a student alone); ``ensemble``."""
+    spec = CATALOG.get(r.model)
+    info_path = r.dir(out) / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    refs = list((info.get("teachers") or {}).values()) or list(info.get("members") or [])
+    student = student_label(r.model) if spec else None
+    return {"dataset": r.dataset, "model": r.name, "seed": r.seed, "dir": str(r.dir(out)),
+            "student": student, "teachers": [f"{Path(d).parent.name}/{Path(d).name}" for d in refs],
+            "alone": alone_of(r.model) or student, "ensemble": bool(spec and spec.is_ensemble),
+            **{k: results[r].get(k) for k in ("wall_time_s", "device", "best_epoch", "epochs_run")},
+            "metrics": {s: results[r][s] for s in ("valid", "test")}}
+
+
 def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: float, peak_rss_mb: float,
-                 negatives: dict[str, str]) -> Path:
+                 negatives: dict[str, str], served: dict[str, str] | None = None) -> Path:
+    """Every report file under ``out/report``; ``served``: {dataset: the row chosen to serve (``row/seedK``)}."""
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     for proto, suffix in (("sampled", ""), ("full", "_full")):
@@ -343,10 +351,8 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
         "packages": _versions(), "figures": figures, "gains": gain_rows,
         "datasets": {n: {"path": str(d.path), "sha256": d.sha256, "negatives_sha256": negatives.get(n),
                          "users": d.num_users, "items": d.num_items} for n, d in datasets.items()},
-        "runs": [{"dataset": r.dataset, "model": r.name, "seed": r.seed, "dir": str(r.dir(out)),
-                  **{k: results[r].get(k) for k in ("wall_time_s", "device", "best_epoch", "epochs_run")},
-                  "metrics": {s: results[r][s] for s in ("valid", "test")}}
-                 for r in runs if r in results],
+        "served": served or {}, "served_by": "validation full-ranking NDCG@10",
+        "runs": [run_entry(r, out, results) for r in runs if r in results],
     }
     atomic_write_json(report / "report.json", doc)
     return report

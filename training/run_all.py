@@ -22,7 +22,6 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,159 +32,36 @@ from tqdm.auto import tqdm
 
 from protocol import DataError, SequenceDataset, load_dataset, load_or_create_negatives
 from protocol.data import list_datasets, resolve_data_dir
-from training.cli import init_distributed
-from training.imitation import ImitationConfig
+from training.cli import init_distributed, parse_override
 
 log = logging.getLogger("ssi.run_all")
 
-PRESETS = ("smoke", "cpu", "paper")
-TEACHER_VARIANTS = ("temporal", "persona", "global")
-# The paper's teachers (BERT4Rec, cloze + task) and the same tasks on a causal GRU4Rec backbone trained with
-# next-item cross-entropy (training/teachers.py, NextItemTeacherTask), a stronger recommender on small data.
-PAPER_TEACHERS = tuple(f"teacher_{v}" for v in TEACHER_VARIANTS)
-# each GRU teacher on its own seed (the first seed + k): an ensemble of three runs from one
-# initialisation and one batch order would differ only through their tasks
-GRU_TEACHERS = tuple(f"teacher_gru_{v}@{k}" for k, v in enumerate(TEACHER_VARIANTS))
-# plain GRU4Rec (CE) runs on the same three seeds: the GRU teachers without their consistency task
-PLAIN_GRU_TEACHERS = ("gru4rec@0", "gru4rec@1", "gru4rec@2")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What one row of the tables trains. Exactly one of the kinds is set.
-
-    Teachers and ensemble members are references to other rows: ``"name"`` is that row's run with the
-    first seed, ``"name@k"`` its run with the first seed + k (trained as needed, whatever ``--seeds``).
-    """
-
-    group: str  # baseline | teacher | ensemble | student | ablation | option
-    mostpop: bool = False
-    teacher: str | None = None  # bert4rec | temporal | persona | global
-    backbone: str = "bert4rec"  # a teacher's backbone: bert4rec (the paper's) | gru4rec
-    student: str | None = None  # hgn | gru4rec
-    teachers: tuple[str, ...] = ()  # rows imitated by a student
-    members: tuple[str, ...] = ()  # rows whose next-item distributions an ensemble averages
-    imitation: ImitationConfig = field(default_factory=ImitationConfig)  # the paper's loss unless a row says otherwise
-    loss: str | None = None  # None: the model's paper loss
-    baseline: str | None = None  # sasrec | sasrec_ce | s3rec | grec
-    all_seeds: bool = True
-
-    @property
-    def references(self) -> tuple[str, ...]:
-        return self.teachers + self.members
-
-
-def _student_rows(suffix: str, teachers: tuple[str, ...]) -> dict[str, ModelSpec]:
-    """The SSI students, the Table 3 ablations and the Figure 3 single-teacher rows on one teacher set."""
-    rows = {
-        f"ssi_hgn{suffix}": ModelSpec("student", student="hgn", teachers=teachers),
-        f"ssi_hgn_ce{suffix}": ModelSpec("student", student="hgn", teachers=teachers, loss="ce"),
-        f"ssi_gru4rec{suffix}": ModelSpec("student", student="gru4rec", teachers=teachers),
-    }
-    base = "ssi_hgn" if not suffix else f"ssi_hgn_ce{suffix}"  # paper: Table 3 on HGN; GRU set: on HGN-CE
-    loss = rows[base].loss
-    rows |= {f"{base}_no_mse": ModelSpec("ablation", student="hgn", teachers=teachers, loss=loss,
-                                         imitation=ImitationConfig(use_mse=False)),
-             f"{base}_no_kl": ModelSpec("ablation", student="hgn", teachers=teachers, loss=loss,
-                                        imitation=ImitationConfig(use_kl=False))}
-    rows |= {f"{base}_{t.partition('@')[0].rsplit('_', 1)[1]}": ModelSpec("ablation", student="hgn", teachers=(t,),
-                                                                       loss=loss) for t in teachers}
-    if suffix:  # imitation options beyond the paper's loss (training/imitation.py), chosen on validation
-        rows |= {f"{base}_{name}": ModelSpec("option", student="hgn", teachers=teachers, loss=loss, imitation=imit)
-                 for name, imit in IMITATION_OPTIONS.items()}
-    return rows
-
-
-IMITATION_OPTIONS: dict[str, ImitationConfig] = {
-    "t2": ImitationConfig(temperature=2.0),
-    "mean": ImitationConfig(target="mean"),
-    "top50": ImitationConfig(top_k=50),
-    "gate": ImitationConfig(gate=True),
-    "rd": ImitationConfig(rank_k=10),
-    "fixed": ImitationConfig(learn_lambda=False),
-}
-
-
-CATALOG: dict[str, ModelSpec] = {
-    "mostpop": ModelSpec("baseline", mostpop=True, all_seeds=False),
-    "gru4rec": ModelSpec("baseline", student="gru4rec"),
-    "hgn": ModelSpec("baseline", student="hgn"),
-    "hgn_ce": ModelSpec("baseline", student="hgn", loss="ce"),
-    "bert4rec": ModelSpec("baseline", teacher="bert4rec", all_seeds=False),
-    "sasrec": ModelSpec("baseline", baseline="sasrec"),
-    "sasrec_ce": ModelSpec("baseline", baseline="sasrec_ce"),
-    "s3rec": ModelSpec("baseline", baseline="s3rec"),
-    "grec": ModelSpec("baseline", baseline="grec"),
-    **{f"teacher_{v}": ModelSpec("teacher", teacher=v, all_seeds=False) for v in TEACHER_VARIANTS},
-    **{f"teacher_gru_{v}": ModelSpec("teacher", teacher=v, backbone="gru4rec", all_seeds=False)
-       for v in TEACHER_VARIANTS},
-    "ensemble_paper_teachers": ModelSpec("ensemble", members=PAPER_TEACHERS, all_seeds=False),
-    "ensemble_gru_teachers": ModelSpec("ensemble", members=GRU_TEACHERS, all_seeds=False),
-    "ensemble_gru4rec": ModelSpec("ensemble", members=PLAIN_GRU_TEACHERS, all_seeds=False),
-    **_student_rows("", PAPER_TEACHERS),
-    **_student_rows("_gru", GRU_TEACHERS),
-    # plain distillation: the GRU teachers without their consistency task (Issue: what the tasks add)
-    "kd_hgn_ce_gru4rec": ModelSpec("ablation", student="hgn", teachers=PLAIN_GRU_TEACHERS, loss="ce"),
-}
-SSI_STUDENTS = tuple(n for n, s in CATALOG.items() if s.group == "student")
-
-
-@dataclass(frozen=True)
-class Run:
-    dataset: str
-    model: str
-    seed: int
-    layers: int | None = None  # teacher depth for the Figure 4 sweep (None: the preset's)
-
-    @property
-    def name(self) -> str:
-        return self.model if self.layers is None else f"{self.model}_L{self.layers}"
-
-    def dir(self, out: Path) -> Path:
-        return out / self.dataset / self.name / f"seed{self.seed}"
-
-
-def resolve_reference(ref: str, dataset: str, seeds: list[int], layers: int | None = None) -> Run:
-    """``"name"`` -> that row's run with the first seed; ``"name@k"`` -> with the first seed + k."""
-    name, _, k = ref.partition("@")
-    if name not in CATALOG:
-        raise ValueError(f"unknown row {name!r} in a teacher/member reference {ref!r}")
-    return Run(dataset, name, seeds[0] + int(k or 0), layers if CATALOG[name].teacher else None)
-
-
-def references_of(run: Run, seeds: list[int]) -> list[Run]:
-    """The runs ``run`` imitates or averages (none for a row that trains from data)."""
-    return [resolve_reference(ref, run.dataset, seeds, run.layers) for ref in CATALOG[run.model].references]
-
-
-def plan(datasets: list[str], models: list[str], seeds: list[int], layers: list[int]) -> list[Run]:
-    """All runs in execution order; teachers and ensemble members come before the rows that need them."""
-    order = ["baseline", "teacher", "ensemble", "student", "ablation", "option"]
-    runs: list[Run] = []
-    for ds in datasets:
-        needed = list(dict.fromkeys(resolve_reference(ref, ds, seeds) for m in models for ref in CATALOG[m].references))
-        for group in order:
-            for name, spec in CATALOG.items():
-                if spec.group != group:
-                    continue
-                if name in models:
-                    runs += [Run(ds, name, s) for s in (seeds if spec.all_seeds else seeds[:1])]
-                runs += [r for r in needed if r.model == name and r not in runs]
-        for n in layers:  # Figure 4: teacher depth -> SSI-HGN
-            runs += [Run(ds, f"teacher_{v}", seeds[0], n) for v in TEACHER_VARIANTS]
-            runs.append(Run(ds, "ssi_hgn", seeds[0], n))
-    return runs
-
-
-def teacher_name(ref: str) -> str:
-    """The name of a teacher's loss terms and lambda: ``teacher_gru_temporal`` -> ``gru_temporal``."""
-    return ref.removeprefix("teacher_").replace("@", "_s")
+from training.catalogue import (  # noqa: F401  (re-exported: the catalogue's names, as before the move)
+    CATALOG,
+    GRU_TEACHERS,
+    IMITATION_OPTIONS,
+    PAPER_TEACHERS,
+    PLAIN_GRU_TEACHERS,
+    PRESETS,
+    SSI_STUDENTS,
+    TEACHER_VARIANTS,
+    ModelSpec,
+    Run,
+    alone_of,
+    is_student_row,
+    plan,
+    references_of,
+    resolve_reference,
+    teacher_name,
+)
 
 
 def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool, seeds: list[int],
-            device: str = "auto", max_epochs: int | None = None) -> dict[str, Any]:
+            device: str = "auto", max_epochs: int | None = None,
+            teacher_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or load, when finished) one run on ``device`` (auto | cpu | cuda; MostPop and ensembles: CPU);
-    ``max_epochs`` caps the preset's epochs of teachers and students."""
+    ``max_epochs`` caps the preset's epochs of teachers and students; ``teacher_overrides`` sets fields of the
+    consistency teachers' configs (``training.teachers.resolve_setup``), e.g. ``{"lr": 0.01}``."""
     spec, run_dir = CATALOG[run.model], run.dir(out)
     if spec.mostpop:
         from training.mostpop import train_mostpop
@@ -194,7 +70,8 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
     if spec.teacher is not None:
         from training.teachers import train_teacher
 
-        over = ({"n_layers": run.layers} if run.layers else {}) | ({"epochs": max_epochs} if max_epochs else {})
+        over = ({"n_layers": run.layers} if run.layers else {}) | ({"epochs": max_epochs} if max_epochs else {}) \
+            | dict(teacher_overrides or {})
         return train_teacher(spec.teacher, ds, preset, run_dir, seed=run.seed, resume=resume, overrides=over,
                              backbone=spec.backbone, device=device)
     if spec.baseline is not None:
@@ -217,6 +94,23 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
                          loss=spec.loss, seed=run.seed, resume=resume, device=device, epochs=max_epochs)
 
 
+def check_teacher_overrides(runs: list[Run], datasets: dict[str, SequenceDataset], preset: str,
+                            overrides: dict[str, Any]) -> None:
+    """Fail fast, before any training, on a ``--teacher-set`` field that a planned teacher does not have."""
+    if not overrides:
+        return
+    from training.teachers import resolve_setup
+
+    for run in runs:
+        spec = CATALOG[run.model]
+        if spec.teacher is not None:
+            try:
+                resolve_setup(spec.teacher, preset, datasets[run.dataset].num_items, run.seed, overrides,
+                              backbone=spec.backbone)
+            except ValueError as e:
+                raise SystemExit(f"error: --teacher-set for {run.model}: {e}") from None
+
+
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -234,31 +128,37 @@ def default_preset(device: str) -> str:
     return "paper" if gpu else "cpu"
 
 
-def is_student_row(name: str) -> bool:
-    """A servable student: HGN/GRU4Rec alone, or with imitation (SSI, options, ablations, plain KD)."""
-    spec = CATALOG.get(name)
-    return spec is not None and spec.student is not None
+SERVED_METRIC = ("valid", "full", "ndcg@10")  # what chooses the served model: the ranking /recommend returns
+
+
+def served_score(metrics: dict[str, Any]) -> float:
+    """Validation NDCG@10 under the full ranking (every item, the user's history excluded)."""
+    split, proto, metric = SERVED_METRIC
+    return metrics[split][proto][metric]
 
 
 def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | None:
-    """The finished student run of ``dataset`` with the best validation sampled NDCG@10, and why (one line)."""
+    """The finished student run of ``dataset`` with the best validation full NDCG@10, and why (one line).
+
+    Full ranking decides because it is what the server returns; the sampled metric (99 negatives) can order
+    models differently, and is shown beside it."""
     cands = [r for r in results if r.dataset == dataset and r.layers is None and is_student_row(r.model)]
     if not cands:
         return None
-    score = {r: results[r]["valid"]["sampled"]["ndcg@10"] for r in cands}
+    score = {r: served_score(results[r]) for r in cands}
     best = max(cands, key=lambda r: (score[r], r.model, -r.seed))
-    from training.report import alone_of
-
-    alone = [score[r] for r in cands if r.model == alone_of(best.model)]
+    alone_row = alone_of(best.model)
+    alone = [score[r] for r in cands if r.model == alone_row]
+    sampled = results[best]["valid"]["sampled"]["ndcg@10"]
     if CATALOG[best.model].teachers and alone:
-        why = (f"the distilled student beats the same student alone ({alone_of(best.model)}: best valid N@10 "
+        why = (f"the distilled student beats the same student alone ({alone_row}: best valid full N@10 "
                f"{max(alone):.4f}), so imitation pays here")
     elif CATALOG[best.model].teachers:
         why = "a distilled student; its student alone was not trained in this folder"
     else:
         why = "a student trained ALONE: no distilled student beats it on validation here, so imitation does not pay"
-    line = (f"{best.dataset}/{best.name}/seed{best.seed}: valid N@10 {score[best]:.4f}, best of {len(cands)} "
-            f"finished students ({why})")
+    line = (f"{best.dataset}/{best.name}/seed{best.seed}: valid full N@10 {score[best]:.4f} (sampled {sampled:.4f}), "
+            f"best of {len(cands)} finished students on validation full ranking ({why})")
     return best, line
 
 
@@ -380,6 +280,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(the others are listed as missing); no export")
     p.add_argument("--max-epochs", type=int, default=None, metavar="N",
                    help="cap the preset's epochs of teachers and students (a quick run; use its own --out)")
+    p.add_argument("--teacher-set", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
+                   help="override a field of the consistency teachers' model/trainer/task configs (repeatable), "
+                        "e.g. --teacher-set lr=0.01: a recipe for the budget at hand (make run's quick LastFM "
+                        "teacher); recorded in each teacher's run.json")
     p.add_argument("--update-readme", type=Path, default=None, metavar="README",
                    help="replace the results block of this README (between its results markers) with the "
                         "report's summary.md")
@@ -398,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     if not names:
         raise SystemExit(f"error: no paper dataset (Beauty/Toys/Sports) in {data_dir.resolve()}; "
                          "download one with: python -m training.data download beauty")
-    try:  # fail fast, before any training
+    try:  # fail fast, before any training: the data and its stored negatives (drawn here when missing)
         datasets = {n: load_dataset(n, data_dir) for n in names}
+        for d in datasets.values():
+            load_or_create_negatives(d)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
     if rank == 0:
@@ -413,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("preset %s%s | datasets %s | %d runs | seeds %s | out %s | world size %d", preset,
              "" if args.preset else " (default for this device)", ", ".join(datasets), len(runs), seeds, args.out, world)
     from training.runs import is_finished, run_lock  # torch-importing; kept out of --help
+
+    check_teacher_overrides(runs, datasets, preset, dict(args.teacher_set))
 
     for line in unfinished_references(runs, seeds, args.out):
         log.warning(line)
@@ -442,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.time()
         if world > 1:  # DDP ranks train each run together; a lock per process would split them
-            m = execute(run, ds, preset, args.out, args.resume, seeds, args.device, args.max_epochs)
+            m = execute(run, ds, preset, args.out, args.resume, seeds, args.device, args.max_epochs,
+                            dict(args.teacher_set))
         else:
             with run_lock(run.dir(args.out)) as holder:
                 if holder is not None:
@@ -450,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                                 run.dataset, run.name, run.seed, holder)
                     missing.append(run)
                     continue
-                m = execute(run, ds, preset, args.out, args.resume, seeds, args.device, args.max_epochs)
+                m = execute(run, ds, preset, args.out, args.resume, seeds, args.device, args.max_epochs,
+                            dict(args.teacher_set))
         if rank != 0:
             continue
         tag_run(run.dir(args.out), run.name, preset)
@@ -475,9 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         results[run] = read_json(run.dir(args.out) / "metrics.json")
         report_runs.append(run)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    served = {ds: f"{c[0].name}/seed{c[0].seed}" for ds in datasets if (c := choose_served(results, ds))}
     report_dir = write_report(args.out, report_runs, results, datasets, preset=preset,
                               wall_time_s=time.time() - t_start, peak_rss_mb=peak_rss_mb,
-                              negatives={n: load_or_create_negatives(d).sha256 for n, d in datasets.items()})
+                              negatives={n: load_or_create_negatives(d).sha256 for n, d in datasets.items()},
+                              served=served)
     log.info("report written to %s (peak RSS %.0f MB)", report_dir, peak_rss_mb)
     if args.update_readme:
         update_readme(args.update_readme, (report_dir / "summary.md").read_text(encoding="utf-8"))

@@ -37,6 +37,11 @@ from training.scoring import ContractScorer
 log = logging.getLogger("ssi.train")
 
 SELECT_METRIC = "ndcg@10"
+# Checkpoints and early stopping follow validation NDCG@10 under the full ranking: the ranking the server
+# returns (every item, the user's history excluded). Sampled NDCG@10 (99 stored negatives, the paper's
+# protocol) is logged beside it as ``valid_ndcg@10``; it can order models differently (Krichene & Rendle,
+# KDD 2020), so it chooses only where ``TrainConfig.select = "sampled"`` asks for it.
+SelectProtocol = Literal["full", "sampled"]
 
 
 @dataclass
@@ -50,6 +55,7 @@ class TrainConfig:
     batch_size: int = 256
     grad_clip: float | None = 5.0
     patience: int = 10  # validations without a better validation NDCG@10 before stopping
+    select: SelectProtocol = "full"  # which validation NDCG@10 keeps the best weights and stops early
     eval_every: int = 1
     max_len: int = 50
     seed: int = 42
@@ -162,7 +168,7 @@ class Trainer:
     def _state(self, epoch: int, best: float, best_epoch: int, bad: int, history: list) -> dict[str, Any]:
         return {"task": self.task.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch,
                 "best": best, "best_epoch": best_epoch, "bad": bad, "history": history,
-                "torch_rng": torch.get_rng_state()}
+                "select": self.cfg.select, "torch_rng": torch.get_rng_state()}
 
     def _resume_state(self, ckpt: Path) -> dict[str, Any] | None:
         """The checkpoint to resume from, or None when it is unreadable (truncated by a full disk, a bad copy):
@@ -190,8 +196,19 @@ class Trainer:
         write_model_config(self.task.model, self.run_dir)
 
     def validate(self) -> dict[str, float]:
-        return evaluate(self.task.scorer(self.device), self.ds, "valid", "sampled", max_len=self.cfg.max_len,
-                        batch_size=self.cfg.eval_batch_size, negatives=self.negatives)
+        """Validation metrics of both protocols: sampled as ``ndcg@10`` (the history's long-standing keys),
+        full ranking as ``full_ndcg@10``; ``select_key`` names the one that chooses."""
+        scorer = self.task.scorer(self.device)
+        out: dict[str, float] = {}
+        for proto, prefix in (("sampled", ""), ("full", "full_")):
+            val = evaluate(scorer, self.ds, "valid", proto, max_len=self.cfg.max_len,
+                           batch_size=self.cfg.eval_batch_size, negatives=self.negatives)
+            out |= {f"{prefix}{k}": v for k, v in val.items()}
+        return out
+
+    @property
+    def select_key(self) -> str:
+        return SELECT_METRIC if self.cfg.select == "sampled" else f"full_{SELECT_METRIC}"
 
     # ---- training -------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -244,9 +261,11 @@ class Trainer:
             self.opt.load_state_dict(state["optimizer"])
             start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad"]
             history = list(state["history"])
+            if state.get("select", "sampled") != cfg.select:  # a checkpoint chosen on the other protocol
+                best, best_epoch, bad = self._rescore(history)
             if self.is_main:
                 log.info("%s: resumed after epoch %d (best %s %.4f at epoch %d)", self.run_dir.name, start - 1,
-                         SELECT_METRIC, best, best_epoch)
+                         self.select_key, best, best_epoch)
         t0 = time.time()
         for epoch in range(start, cfg.epochs + 1):
             if bad >= cfg.patience:
@@ -260,8 +279,8 @@ class Trainer:
                     row.update({f"valid_{k}": v for k, v in val.items()})
                     if not self.task.selects(epoch):
                         pass
-                    elif val[SELECT_METRIC] > best:
-                        best, best_epoch, bad = val[SELECT_METRIC], epoch, 0
+                    elif val[self.select_key] > best:
+                        best, best_epoch, bad = val[self.select_key], epoch, 0
                         save_best(self.task.model, self.run_dir)
                     else:
                         bad += 1
@@ -270,14 +289,29 @@ class Trainer:
                 _write_history(self.run_dir, history)
                 atomic_torch_save(ckpt, self._state(epoch, best, best_epoch, bad, history))
                 log.info("%s epoch %d %s | best %s %.4f @%d | %.1fs", self.run_dir.name, epoch,
-                         _fmt({k: v for k, v in row.items() if k.startswith(("train_", "valid_ndcg@10", "valid_recall@10", "lambda", "heldout_task_acc"))}),
-                         SELECT_METRIC, best, best_epoch, row["epoch_time_s"])
+                         _fmt({k: v for k, v in row.items() if k.startswith(("train_", "valid_ndcg@10", "valid_full_ndcg@10", "lambda", "heldout_task_acc"))}),
+                         self.select_key, best, best_epoch, row["epoch_time_s"])
                 stop = bad >= cfg.patience
             if self._stop_flag(stop):
                 break
         if not self.is_main:
             return {}
         return self._finish(best_epoch, time.time() - t0, history)
+
+    def _rescore(self, history: list[dict[str, Any]]) -> tuple[float, int, int]:
+        """(best, best epoch, validations since) from a resumed history under this run's ``select``: a
+        checkpoint written under the other protocol keeps its epochs, and the choice is made again. Epochs that
+        logged no value for it (older runs logged sampled only) cannot be chosen; the saved best weights stay
+        until a later epoch beats the best that can be read."""
+        key = f"valid_{self.select_key}"
+        scored = [(r[key], r["epoch"]) for r in history if key in r]
+        if self.is_main:
+            log.warning("%s: checkpoint chosen on another validation metric; %s decides from here on",
+                        self.run_dir.name, key)
+        if not scored:
+            return -math.inf, 0, 0
+        best, best_epoch = max(scored, key=lambda t: (t[0], -t[1]))
+        return best, best_epoch, sum(1 for _, e in scored if e > best_epoch)
 
     def _finish(self, best_epoch: int, wall: float, history: list) -> dict[str, Any]:
         from safetensors.torch import load_model

@@ -1,0 +1,193 @@
+"""The catalogue of runs: what each row of the paper's tables trains, and the runs it needs.
+
+A row is a ``ModelSpec``: a baseline, a consistency teacher, an ensemble, or a student with its loss,
+its teachers and its imitation option. Relations between rows (which teachers a student imitates, which
+student alone it is paired with, whether it is an ensemble) are read from the spec, never from the row's
+name. ``training/run_all.py`` trains the rows; ``training/report.py`` tabulates them; both import this
+module, which imports neither.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.imitation import ImitationConfig
+
+PRESETS = ("smoke", "cpu", "paper")
+TEACHER_VARIANTS = ("temporal", "persona", "global")
+# The paper's teachers (BERT4Rec, cloze + task) and the same tasks on a causal GRU4Rec backbone trained with
+# next-item cross-entropy (training/teachers.py, NextItemTeacherTask), a stronger recommender on small data.
+PAPER_TEACHERS = tuple(f"teacher_{v}" for v in TEACHER_VARIANTS)
+# each GRU teacher on its own seed (the first seed + k): an ensemble of three runs from one
+# initialisation and one batch order would differ only through their tasks
+GRU_TEACHERS = tuple(f"teacher_gru_{v}@{k}" for k, v in enumerate(TEACHER_VARIANTS))
+# plain GRU4Rec (CE) runs on the same three seeds: the GRU teachers without their consistency task
+PLAIN_GRU_TEACHERS = ("gru4rec@0", "gru4rec@1", "gru4rec@2")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What one row of the tables trains. Exactly one of the kinds is set.
+
+    Teachers and ensemble members are references to other rows: ``"name"`` is that row's run with the
+    first seed, ``"name@k"`` its run with the first seed + k (trained as needed, whatever ``--seeds``).
+    """
+
+    group: str  # baseline | teacher | ensemble | student | ablation | option
+    mostpop: bool = False
+    teacher: str | None = None  # bert4rec | temporal | persona | global
+    backbone: str = "bert4rec"  # a teacher's backbone: bert4rec (the paper's) | gru4rec
+    student: str | None = None  # hgn | gru4rec
+    teachers: tuple[str, ...] = ()  # rows imitated by a student
+    members: tuple[str, ...] = ()  # rows whose next-item distributions an ensemble averages
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)  # the paper's loss unless a row says otherwise
+    loss: str | None = None  # None: the model's paper loss
+    baseline: str | None = None  # sasrec | sasrec_ce | s3rec | grec
+    all_seeds: bool = True
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        return self.teachers + self.members
+
+    @property
+    def is_ensemble(self) -> bool:
+        return bool(self.members)
+
+    @property
+    def student_key(self) -> tuple[str, str | None] | None:
+        """(architecture, loss) of a student row, trained alone or with imitation; None for the rest."""
+        return None if self.student is None else (self.student, self.loss)
+
+
+def _student_rows(suffix: str, teachers: tuple[str, ...]) -> dict[str, ModelSpec]:
+    """The SSI students, the Table 3 ablations and the Figure 3 single-teacher rows on one teacher set."""
+    rows = {
+        f"ssi_hgn{suffix}": ModelSpec("student", student="hgn", teachers=teachers),
+        f"ssi_hgn_ce{suffix}": ModelSpec("student", student="hgn", teachers=teachers, loss="ce"),
+        f"ssi_gru4rec{suffix}": ModelSpec("student", student="gru4rec", teachers=teachers),
+    }
+    base = "ssi_hgn" if not suffix else f"ssi_hgn_ce{suffix}"  # paper: Table 3 on HGN; GRU set: on HGN-CE
+    loss = rows[base].loss
+    rows |= {f"{base}_no_mse": ModelSpec("ablation", student="hgn", teachers=teachers, loss=loss,
+                                         imitation=ImitationConfig(use_mse=False)),
+             f"{base}_no_kl": ModelSpec("ablation", student="hgn", teachers=teachers, loss=loss,
+                                        imitation=ImitationConfig(use_kl=False))}
+    rows |= {f"{base}_{t.partition('@')[0].rsplit('_', 1)[1]}": ModelSpec("ablation", student="hgn", teachers=(t,),
+                                                                       loss=loss) for t in teachers}
+    if suffix:  # imitation options beyond the paper's loss (training/imitation.py), chosen on validation
+        rows |= {f"{base}_{name}": ModelSpec("option", student="hgn", teachers=teachers, loss=loss, imitation=imit)
+                 for name, imit in IMITATION_OPTIONS.items()}
+    return rows
+
+
+IMITATION_OPTIONS: dict[str, ImitationConfig] = {
+    "t2": ImitationConfig(temperature=2.0),
+    "mean": ImitationConfig(target="mean"),
+    "top50": ImitationConfig(top_k=50),
+    "gate": ImitationConfig(gate=True),
+    "rd": ImitationConfig(rank_k=10),
+    "fixed": ImitationConfig(learn_lambda=False),
+}
+
+
+CATALOG: dict[str, ModelSpec] = {
+    "mostpop": ModelSpec("baseline", mostpop=True, all_seeds=False),
+    "gru4rec": ModelSpec("baseline", student="gru4rec"),
+    "hgn": ModelSpec("baseline", student="hgn"),
+    "hgn_ce": ModelSpec("baseline", student="hgn", loss="ce"),
+    "bert4rec": ModelSpec("baseline", teacher="bert4rec", all_seeds=False),
+    "sasrec": ModelSpec("baseline", baseline="sasrec"),
+    "sasrec_ce": ModelSpec("baseline", baseline="sasrec_ce"),
+    "s3rec": ModelSpec("baseline", baseline="s3rec"),
+    "grec": ModelSpec("baseline", baseline="grec"),
+    **{f"teacher_{v}": ModelSpec("teacher", teacher=v, all_seeds=False) for v in TEACHER_VARIANTS},
+    **{f"teacher_gru_{v}": ModelSpec("teacher", teacher=v, backbone="gru4rec", all_seeds=False)
+       for v in TEACHER_VARIANTS},
+    "ensemble_paper_teachers": ModelSpec("ensemble", members=PAPER_TEACHERS, all_seeds=False),
+    "ensemble_gru_teachers": ModelSpec("ensemble", members=GRU_TEACHERS, all_seeds=False),
+    "ensemble_gru4rec": ModelSpec("ensemble", members=PLAIN_GRU_TEACHERS, all_seeds=False),
+    **_student_rows("", PAPER_TEACHERS),
+    **_student_rows("_gru", GRU_TEACHERS),
+    # plain distillation: the GRU teachers without their consistency task (Issue: what the tasks add)
+    "kd_hgn_ce_gru4rec": ModelSpec("ablation", student="hgn", teachers=PLAIN_GRU_TEACHERS, loss="ce"),
+}
+SSI_STUDENTS = tuple(n for n, s in CATALOG.items() if s.group == "student")
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    model: str
+    seed: int
+    layers: int | None = None  # teacher depth for the Figure 4 sweep (None: the preset's)
+
+    @property
+    def name(self) -> str:
+        return self.model if self.layers is None else f"{self.model}_L{self.layers}"
+
+    def dir(self, out: Path) -> Path:
+        return out / self.dataset / self.name / f"seed{self.seed}"
+
+
+def resolve_reference(ref: str, dataset: str, seeds: list[int], layers: int | None = None) -> Run:
+    """``"name"`` -> that row's run with the first seed; ``"name@k"`` -> with the first seed + k."""
+    name, _, k = ref.partition("@")
+    if name not in CATALOG:
+        raise ValueError(f"unknown row {name!r} in a teacher/member reference {ref!r}")
+    return Run(dataset, name, seeds[0] + int(k or 0), layers if CATALOG[name].teacher else None)
+
+
+def references_of(run: Run, seeds: list[int]) -> list[Run]:
+    """The runs ``run`` imitates or averages (none for a row that trains from data)."""
+    return [resolve_reference(ref, run.dataset, seeds, run.layers) for ref in CATALOG[run.model].references]
+
+
+def plan(datasets: list[str], models: list[str], seeds: list[int], layers: list[int]) -> list[Run]:
+    """All runs in execution order; teachers and ensemble members come before the rows that need them."""
+    order = ["baseline", "teacher", "ensemble", "student", "ablation", "option"]
+    runs: list[Run] = []
+    for ds in datasets:
+        needed = list(dict.fromkeys(resolve_reference(ref, ds, seeds) for m in models for ref in CATALOG[m].references))
+        for group in order:
+            for name, spec in CATALOG.items():
+                if spec.group != group:
+                    continue
+                if name in models:
+                    runs += [Run(ds, name, s) for s in (seeds if spec.all_seeds else seeds[:1])]
+                runs += [r for r in needed if r.model == name and r not in runs]
+        for n in layers:  # Figure 4: teacher depth -> SSI-HGN
+            runs += [Run(ds, f"teacher_{v}", seeds[0], n) for v in TEACHER_VARIANTS]
+            runs.append(Run(ds, "ssi_hgn", seeds[0], n))
+    return runs
+
+
+def teacher_name(ref: str) -> str:
+    """The name of a teacher's loss terms and lambda: ``teacher_gru_temporal`` -> ``gru_temporal``."""
+    return ref.removeprefix("teacher_").replace("@", "_s")
+
+
+def is_student_row(name: str) -> bool:
+    """A servable student: HGN/GRU4Rec alone, or with imitation (SSI, options, ablations, plain KD)."""
+    spec = CATALOG.get(name)
+    return spec is not None and spec.student is not None
+
+
+def student_label(name: str) -> str | None:
+    """The student a row trains, as the name of that student alone (``hgn``, ``hgn_ce``, ``gru4rec``): the same
+    for ``hgn_ce`` and every row distilled into HGN-CE; None for teachers, baselines and ensembles."""
+    key = CATALOG[name].student_key
+    return None if key is None else alone_of_key(key)
+
+
+def alone_of_key(key: tuple[str, str | None]) -> str | None:
+    """The catalogue row that trains the student ``key`` without teachers."""
+    return next((n for n, s in CATALOG.items() if s.student_key == key and not s.teachers), None)
+
+
+def alone_of(name: str) -> str | None:
+    """The same student trained alone that a row with teachers is paired with (``ssi_hgn_ce_gru_t2`` ->
+    ``hgn_ce``), read from the spec; None for a row without teachers or a name outside the catalogue."""
+    spec = CATALOG.get(name)
+    if spec is None or not spec.teachers or spec.student_key is None:
+        return None
+    return alone_of_key(spec.student_key)
