@@ -210,6 +210,23 @@ def summary(runs, results, gain_md: str, value_md: str = "") -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def task_table(runs, results) -> str:
+    """Each teacher's consistency task (issue 26): accuracy on its training batches and on its fixed held-out
+    batch against chance, at the best epoch (the weights kept) and at the last; one row per finished run."""
+    head = ["dataset", "row", "seed", "task", "best epoch", "train acc", "train chance", "held-out acc",
+            "held-out chance", "last epoch", "held-out acc (last)"]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        task = results.get(r, {}).get("task")
+        if task:
+            b, last = task["best"], task["last"]
+            cells = [b["train_task_acc"], b["train_task_chance"], b["heldout_task_acc"], b["heldout_task_chance"]]
+            md.append("| " + " | ".join([r.dataset, r.name, str(r.seed), task["variant"], str(b["epoch"]),
+                                         *(f"{v:.3f}" for v in cells), str(last["epoch"]),
+                                         f"{last['heldout_task_acc']:.3f}"]) + " |")
+    return "\n".join(md) + "\n" if len(md) > 2 else ""
+
+
 def fig3(rows, path: Path) -> bool:
     names = ["hgn", "ssi_hgn_temporal", "ssi_hgn_persona", "ssi_hgn_global", "ssi_hgn"]
     labels = ["HGN", "+temporal", "+persona", "+global", "+all three"]
@@ -264,7 +281,9 @@ def curves(runs, out: Path, report: Path) -> list[str]:
             continue
         ep = [h["epoch"] for h in hist]
         lam = sorted({k for h in hist for k in h if k.startswith("lambda")})
-        fig, axes = plt.subplots(1, 3 if lam else 2, figsize=(13 if lam else 9, 3.2))
+        task = [k for k in ("train_task_acc", "heldout_task_acc", "heldout_task_chance") if any(k in h for h in hist)]
+        panels = 2 + bool(lam) + bool(task)
+        fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.2))
         axes[0].plot(ep, [h.get("train_loss") for h in hist])
         axes[0].set_title(f"{r.name}: train loss")
         val = [(h["epoch"], h["valid_ndcg@10"]) for h in hist if "valid_ndcg@10" in h]
@@ -275,6 +294,11 @@ def curves(runs, out: Path, report: Path) -> list[str]:
         if lam:
             axes[2].set_title("learned teacher weights λ_i")
             axes[2].legend()
+        for k in task:  # a teacher's consistency task: accuracy on its batches, on the held-out batch, chance
+            axes[-1].plot(ep, [h.get(k) for h in hist], label=k.replace("_task_", " "), ls="--" if "chance" in k else "-")
+        if task:
+            axes[-1].set_title("consistency task accuracy")
+            axes[-1].legend()
         for a in axes:
             a.set_xlabel("epoch")
         fig.tight_layout()
@@ -310,6 +334,7 @@ def run_entry(r: Run, out: Path, results: dict[Run, dict]) -> dict[str, Any]:
             "student": student, "teachers": [f"{Path(d).parent.name}/{Path(d).name}" for d in refs],
             "alone": alone_of(r.model) or student, "ensemble": bool(spec and spec.is_ensemble),
             **{k: results[r].get(k) for k in ("wall_time_s", "device", "best_epoch", "epochs_run")},
+            **({"task": results[r]["task"]} if "task" in results[r] else {}),  # a teacher's task accuracy and chance
             "metrics": {s: results[r][s] for s in ("valid", "test")}}
 
 
@@ -328,10 +353,13 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     sampled = collect(runs, results, "sampled")
     atomic_write_text(report / "table3.md", "# Table 3: imitation ablation (HGN student, test, sampled)\n\n"
                       + table3(sampled))
+    task_md = task_table(runs, results)
     atomic_write_text(report / "teachers.md", "# Teachers against the students trained alone (NDCG@10)\n\n"
                       "Choices are made on validation; test beside it. Teachers and ensembles train/evaluate on the "
                       "first seed; students alone are mean ± std over seeds.\n\n"
-                      + validation_table(runs, results, list(ALONE), ("teacher_", "ensemble_", "bert4rec")))
+                      + validation_table(runs, results, list(ALONE), ("teacher_", "ensemble_", "bert4rec"))
+                      + (f"\n## Consistency tasks: accuracy against chance (held-out: a fixed batch of validation "
+                         f"views, training.teachers.HeldoutTask)\n\n{task_md}" if task_md else ""))
     atomic_write_text(report / "options.md", "# Imitation options (HGN-CE student, GRU teachers), chosen on "
                       "validation\n\nThe paper's loss is the row `ssi_hgn_ce_gru`; each other row changes one "
                       "`ImitationConfig` field (training/imitation.py).\n\n"
