@@ -45,6 +45,17 @@ class ServableEncoder(Protocol):
 
 
 @runtime_checkable
+class Teacher(ServableEncoder, Protocol):
+    """What a student imitates (``training.students.FrozenTeacher``): the servable contract for its next-item
+    distribution, plus the output item table that item-representation imitation aligns. Any model family
+    (BERT4Rec, GRU4Rec, SASRec, HGN) that has both can teach; the student code never asks which it is."""
+
+    def output_items(self) -> torch.Tensor:
+        """(N, d) the output item table (no bias column)."""
+        ...
+
+
+@runtime_checkable
 class Student(ServableEncoder, Protocol):
     """A model trained by ``training.students.StudentTask`` (alone or imitating teachers)."""
 
@@ -110,5 +121,5 @@ def missing(obj: object, protocol: type) -> list[str]:
     return [f"{protocol.__name__}.{n}" for n in dict.fromkeys(names) if not hasattr(obj, n)]
 
 
-__all__ = ["ExampleKind", "LossName", "PrefixStudent", "ServableEncoder", "Student", "StudentConfig",
+__all__ = ["ExampleKind", "LossName", "PrefixStudent", "ServableEncoder", "Student", "StudentConfig", "Teacher",
            "WindowConfig", "WindowStudent", "missing", "student_problems"]

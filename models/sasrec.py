@@ -146,6 +146,10 @@ class SASRec(nn.Module):
         """(N, d); row i = item id i + 1."""
         return self.item_embeddings()
 
+    def output_items(self) -> torch.Tensor:
+        """(N, d): the tied output table (``models.contracts.Teacher``): SASRec can teach a student."""
+        return self.item_embeddings()
+
     def scores(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N) next-item logits (``forward``)."""
         return self.forward(history)

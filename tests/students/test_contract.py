@@ -19,7 +19,15 @@ import pytest
 import torch
 
 from models import MODELS, ModelConfig
-from models.contracts import PrefixStudent, ServableEncoder, Student, WindowStudent, missing, student_problems
+from models.contracts import (
+    PrefixStudent,
+    ServableEncoder,
+    Student,
+    Teacher,
+    WindowStudent,
+    missing,
+    student_problems,
+)
 from training.runs import load_run_model, save_best, write_model_config
 from training.scoring import ContractScorer
 
@@ -126,6 +134,17 @@ def test_every_student_meets_the_student_contract(student):
     with torch.no_grad():
         table = student.output_items()
     assert table.shape[0] == N_ITEMS and table.dtype == torch.float32
+
+
+def test_the_teacher_families_meet_the_teacher_contract(model):
+    """A teacher is any model with the servable contract plus ``output_items`` (its output table, as many rows
+    as items): the students never branch on which family it is."""
+    if type(model).model_name not in {"bert4rec", "gru4rec", "hgn", "sasrec"}:
+        pytest.skip("not a teacher family")
+    assert isinstance(model, Teacher), missing(model, Teacher)
+    with torch.no_grad():
+        table = model.output_items()
+    assert table.shape[0] == N_ITEMS and table.ndim == 2
 
 
 def test_the_protocols_catch_a_missing_member():
