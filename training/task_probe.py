@@ -271,6 +271,7 @@ def write_subset(ds: SequenceDataset, cfg: ProbeConfig, out: Path) -> int:
 # ---- driver --------------------------------------------------------------------------------------
 def run_probes(ds: SequenceDataset, task: str, cfg: ProbeConfig, run: Path | None = None,
                random_encoder: bool = False, own_head: bool = False) -> list[ProbeResult]:
+    torch.manual_seed(cfg.seed)  # head initialisations: the same figures on every call
     seqs = train_sequences(ds)
     info = read_json(run / "run.json") if run else {}
     ccfg = ConsistencyConfig(**info["consistency_config"]) if info.get("consistency_config") else ConsistencyConfig()
