@@ -211,3 +211,61 @@ def test_a_run_folder_of_another_preset_is_not_reused(tmp_path, shared_data_dir)
     assert p.returncode == 0 and "made with preset smoke, not cpu" in p.stderr and "lastfm/mostpop/seed42" in p.stderr
     assert _run(["--preset", "cpu", "--fresh", *args]).returncode == 0  # --fresh retrains it under the new preset
     assert json.loads((tmp_path / "lastfm" / "mostpop" / "seed42" / "run.json").read_text())["preset"] == "cpu"
+
+
+def test_runs_as_compositions_plan_and_pair_like_catalogue_rows() -> None:
+    """A run no catalogue row names is spelled by its parts; its teachers, student alone and ensemble flag come
+    from that spec, its folder is its name, and a bad part is one clear error."""
+    import argparse
+
+    from training.catalogue import SpecError, alone_of, compose, is_student_row, row_name, spec_of, student_label
+    from training.run_all import Run, plan
+
+    name = compose("hgn_ce", ("sasrec_ce@0", "sasrec_ce@1", "sasrec_ce@2"), "mean")
+    assert name == "hgn_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2--mean"
+    spec = spec_of(name)
+    assert (spec.student, spec.loss, spec.imitation.target) == ("hgn", "ce", "mean")
+    assert alone_of(name) == "hgn_ce" and student_label(name) == "hgn_ce" and is_student_row(name)
+    runs = plan(["beauty"], [name, "hgn_ce"], [42, 43, 44], [])
+    teachers = [r for r in runs if r.model == "sasrec_ce"]
+    assert [r.seed for r in teachers] == [42, 43, 44]
+    students = [r for r in runs if r.model == name]
+    assert [r.seed for r in students] == [42, 43, 44] and runs.index(students[0]) > runs.index(teachers[-1])
+    assert Run("beauty", name, 42).dir(Path("o")) == Path("o/beauty") / name / "seed42"
+    # the same composition as a catalogue row pairs the same way
+    assert alone_of("ssi_hgn_ce_gru_mean") == alone_of("hgn_ce--teacher_gru_temporal--mean") == "hgn_ce"
+    ens = spec_of("ensemble--sasrec_ce+gru4rec+hgn_ce")
+    assert ens.is_ensemble and ens.members == ("sasrec_ce", "gru4rec", "hgn_ce") and not is_student_row("ensemble--sasrec_ce+hgn_ce")
+    for bad, part in (("sasrec--hgn", "'sasrec' is not a student"), ("hgn_ce--nope", "'nope' is not a row"),
+                      ("hgn_ce--sasrec_ce--t9", "unknown imitation option 't9'"), ("whatever", "is not a catalogue row")):
+        with pytest.raises(SpecError, match=part):
+            spec_of(bad)
+        with pytest.raises(argparse.ArgumentTypeError):
+            row_name(bad)
+
+
+@pytest.mark.slow
+def test_a_composed_run_trains_from_a_sasrec_teacher(tmp_path) -> None:
+    """``--models hgn_ce--sasrec_ce``: SASRec-CE (a baseline row) trains first, then HGN-CE imitates it through
+    the teacher contract; the report names the student, its teacher and its student alone."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [f"{u} " + " ".join(str((s + k) % 200 + 1) for k in range(int(rng.integers(6, 12))))
+             for u, s in enumerate(rng.integers(0, 200, 120), 1)]
+    (data / "Ring.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "runs"
+    p = _run(["--preset", "smoke", "--datasets", "ring", "--data-dir", str(data), "--out", str(out), "--seeds", "42",
+              "--models", "hgn_ce", "hgn_ce--sasrec_ce", "--no-export", "--max-epochs", "2"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads((out / "ring" / "hgn_ce--sasrec_ce" / "seed42" / "run.json").read_text())
+    assert info["teacher_models"] == {"sasrec_ce": "sasrec"}
+    doc = json.loads((out / "report" / "report.json").read_text())
+    entry = next(r for r in doc["runs"] if r["model"] == "hgn_ce--sasrec_ce")
+    assert entry["student"] == "hgn_ce" and entry["teachers"] == ["sasrec_ce/seed42"] and entry["alone"] == "hgn_ce"
+    assert "| ring | hgn_ce--sasrec_ce − hgn_ce | 42 |" in (out / "report" / "gains.md").read_text()
+    bad = _run(["--preset", "smoke", "--datasets", "ring", "--data-dir", str(data), "--out", str(out),
+                "--models", "hgn_ce--nope"])
+    assert bad.returncode == 2 and "'nope' is not a row reference" in bad.stderr and "Traceback" not in bad.stderr

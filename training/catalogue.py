@@ -113,6 +113,82 @@ CATALOG: dict[str, ModelSpec] = {
 }
 SSI_STUDENTS = tuple(n for n, s in CATALOG.items() if s.group == "student")
 
+# ---- runs as compositions ------------------------------------------------------------------------------
+# A run that no catalogue row names is written as its parts, and its folder carries the same name:
+#   STUDENT--TEACHER[+TEACHER...][--OPTION]   a student distilled from teachers (e.g. hgn_ce--sasrec_ce,
+#                                             hgn_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2--mean)
+#   ensemble--MEMBER+MEMBER[+...]            the mean next-item distribution of finished runs
+# STUDENT is a student trained alone (hgn, hgn_ce, gru4rec): its model and loss; TEACHER / MEMBER a row
+# reference (``name`` = its first-seed run, ``name@k`` = first seed + k); OPTION an IMITATION_OPTIONS key
+# (none: the paper's loss). So a new teacher family needs no new row names.
+SEP, JOIN, ENSEMBLE = "--", "+", "ensemble"
+
+
+class SpecError(ValueError):
+    """A row name that is neither a catalogue row nor a valid composition (the message says which part)."""
+
+
+def compose(student: str, teachers: tuple[str, ...], option: str | None = None) -> str:
+    """The run name of ``student`` distilled from ``teachers`` with an imitation ``option``."""
+    name = f"{student}{SEP}{JOIN.join(teachers)}" + (f"{SEP}{option}" if option else "")
+    spec_of(name)  # validates the parts
+    return name
+
+
+def _check_refs(refs: list[str], name: str) -> tuple[str, ...]:
+    for ref in refs:
+        row, _, k = ref.partition("@")
+        if row not in CATALOG or (k and not k.isdigit()):
+            raise SpecError(f"{name!r}: {ref!r} is not a row reference (a catalogue row, optionally @k)")
+    return tuple(refs)
+
+
+def parse_composition(name: str) -> ModelSpec:
+    """The spec of a composed run name (see above); ``SpecError`` naming the bad part."""
+    parts = name.split(SEP)
+    if len(parts) not in (2, 3) or not all(parts):
+        raise SpecError(f"{name!r} is not a catalogue row nor STUDENT{SEP}TEACHER[{JOIN}TEACHER...][{SEP}OPTION]")
+    head, refs = parts[0], parts[1].split(JOIN)
+    if head == ENSEMBLE:
+        if len(parts) != 2 or len(refs) < 2:
+            raise SpecError(f"{name!r}: an ensemble is {ENSEMBLE}{SEP}MEMBER{JOIN}MEMBER[...], no option")
+        return ModelSpec("ensemble", members=_check_refs(refs, name), all_seeds=False)
+    alone = CATALOG.get(head)
+    if alone is None or alone.student is None or alone.teachers:
+        students = ", ".join(n for n, s in CATALOG.items() if s.student and not s.teachers)
+        raise SpecError(f"{name!r}: the student {head!r} is not a student trained alone ({students})")
+    option = parts[2] if len(parts) == 3 else None
+    if option is not None and option not in IMITATION_OPTIONS:
+        raise SpecError(f"{name!r}: unknown imitation option {option!r} ({', '.join(IMITATION_OPTIONS)})")
+    imitation = IMITATION_OPTIONS[option] if option else ImitationConfig()
+    return ModelSpec("option" if option else "student", student=alone.student, loss=alone.loss,
+                     teachers=_check_refs(refs, name), imitation=imitation)
+
+
+def spec_of(name: str) -> ModelSpec:
+    """A catalogue row's spec, or the spec a composed name spells out; ``SpecError`` for anything else."""
+    spec = CATALOG.get(name)
+    return spec if spec is not None else parse_composition(name)
+
+
+def is_known(name: str) -> bool:
+    try:
+        spec_of(name)
+    except SpecError:
+        return False
+    return True
+
+
+def row_name(text: str) -> str:
+    """``argparse`` type of a row: a catalogue name or a composition; a usage error naming the bad part."""
+    import argparse
+
+    try:
+        spec_of(text)
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
 
 @dataclass(frozen=True)
 class Run:
@@ -139,7 +215,7 @@ def resolve_reference(ref: str, dataset: str, seeds: list[int], layers: int | No
 
 def references_of(run: Run, seeds: list[int]) -> list[Run]:
     """The runs ``run`` imitates or averages (none for a row that trains from data)."""
-    return [resolve_reference(ref, run.dataset, seeds, run.layers) for ref in CATALOG[run.model].references]
+    return [resolve_reference(ref, run.dataset, seeds, run.layers) for ref in spec_of(run.model).references]
 
 
 def plan(datasets: list[str], models: list[str], seeds: list[int], layers: list[int]) -> list[Run]:
@@ -147,9 +223,10 @@ def plan(datasets: list[str], models: list[str], seeds: list[int], layers: list[
     order = ["baseline", "teacher", "ensemble", "student", "ablation", "option"]
     runs: list[Run] = []
     for ds in datasets:
-        needed = list(dict.fromkeys(resolve_reference(ref, ds, seeds) for m in models for ref in CATALOG[m].references))
+        needed = list(dict.fromkeys(resolve_reference(ref, ds, seeds) for m in models for ref in spec_of(m).references))
+        rows = CATALOG | {m: spec_of(m) for m in models if m not in CATALOG}  # compositions after the catalogue
         for group in order:
-            for name, spec in CATALOG.items():
+            for name, spec in rows.items():
                 if spec.group != group:
                     continue
                 if name in models:
@@ -168,14 +245,13 @@ def teacher_name(ref: str) -> str:
 
 def is_student_row(name: str) -> bool:
     """A servable student: HGN/GRU4Rec alone, or with imitation (SSI, options, ablations, plain KD)."""
-    spec = CATALOG.get(name)
-    return spec is not None and spec.student is not None
+    return is_known(name) and spec_of(name).student is not None
 
 
 def student_label(name: str) -> str | None:
     """The student a row trains, as the name of that student alone (``hgn``, ``hgn_ce``, ``gru4rec``): the same
     for ``hgn_ce`` and every row distilled into HGN-CE; None for teachers, baselines and ensembles."""
-    key = CATALOG[name].student_key
+    key = spec_of(name).student_key
     return None if key is None else alone_of_key(key)
 
 
@@ -187,7 +263,9 @@ def alone_of_key(key: tuple[str, str | None]) -> str | None:
 def alone_of(name: str) -> str | None:
     """The same student trained alone that a row with teachers is paired with (``ssi_hgn_ce_gru_t2`` ->
     ``hgn_ce``), read from the spec; None for a row without teachers or a name outside the catalogue."""
-    spec = CATALOG.get(name)
-    if spec is None or not spec.teachers or spec.student_key is None:
+    if not is_known(name):
+        return None
+    spec = spec_of(name)
+    if not spec.teachers or spec.student_key is None:
         return None
     return alone_of_key(spec.student_key)

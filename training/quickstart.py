@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # `python training/quickstart.py`: make the repos
 
 from protocol import DataError, load_dataset, load_or_create_negatives
 from protocol.data import resolve_data_dir
-from training.catalogue import CATALOG, PRESETS, Run, alone_of, references_of
+from training.catalogue import CATALOG, PRESETS, Run, alone_of, is_known, references_of, row_name, spec_of
 from training.cli import parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +66,11 @@ class QuickstartConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        spec = CATALOG.get(self.distilled)
+        spec = spec_of(self.distilled) if is_known(self.distilled) else None
         if spec is None or not spec.teachers or alone_of(self.distilled) is None:
             choices = ", ".join(n for n, s in CATALOG.items() if s.teachers and s.student)
-            raise ValueError(f"--distilled {self.distilled!r} is not a distilled student row; one of: {choices}")
+            raise ValueError(f"--distilled {self.distilled!r} is not a distilled student row; one of: {choices}, "
+                             "or a composition STUDENT--TEACHER[+TEACHER...][--OPTION]")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
 
@@ -215,9 +216,10 @@ def parse_args(argv: list[str] | None = None) -> QuickstartConfig:
     p = argparse.ArgumentParser(prog="python -m training.quickstart", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=d.dataset, help="dataset name (default %(default)s)")
-    p.add_argument("--distilled", default=d.distilled, choices=[n for n, s in CATALOG.items() if s.teachers and s.student],
-                   metavar="ROW", help="the distilled student row; its teachers and its student alone follow from "
-                                       "its spec (default %(default)s)")
+    p.add_argument("--distilled", default=d.distilled, type=row_name, metavar="ROW",
+                   help="the distilled student: a catalogue row or a composition STUDENT--TEACHER[+TEACHER...]"
+                        "[--OPTION] (e.g. hgn_ce--gru4rec); its teachers and its student alone follow from its spec "
+                        "(default %(default)s)")
     p.add_argument("--preset", default=d.preset, choices=PRESETS)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-epochs", type=int, default=d.max_epochs,

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from training.catalogue import CATALOG, Run, alone_of, student_label
+from training.catalogue import CATALOG, Run, alone_of, is_known, spec_of, student_label
 from training.io import atomic_write_json, atomic_write_text
 from training.paper import TABLE2, TABLE3
 
@@ -325,7 +325,7 @@ def run_entry(r: Run, out: Path, results: dict[Run, dict]) -> dict[str, Any]:
     ``student``: the student it trains, named as that student alone (null for a teacher, baseline or
     ensemble); ``teachers``: the runs it imitated, or an ensemble's members (``row/seedK``; empty when trained
     alone); ``alone``: the same student trained alone (itself for a student alone); ``ensemble``."""
-    spec = CATALOG.get(r.model)
+    spec = spec_of(r.model) if is_known(r.model) else None
     info_path = r.dir(out) / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     refs = list((info.get("teachers") or {}).values()) or list(info.get("members") or [])

@@ -48,10 +48,13 @@ from training.catalogue import (  # noqa: F401  (re-exported: the catalogue's na
     ModelSpec,
     Run,
     alone_of,
+    is_known,
     is_student_row,
     plan,
     references_of,
     resolve_reference,
+    row_name,
+    spec_of,
     teacher_name,
 )
 
@@ -62,7 +65,7 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
     """Train (or load, when finished) one run on ``device`` (auto | cpu | cuda; MostPop and ensembles: CPU);
     ``max_epochs`` caps the preset's epochs of teachers and students; ``teacher_overrides`` sets fields of the
     consistency teachers' configs (``training.teachers.resolve_setup``), e.g. ``{"lr": 0.01}``."""
-    spec, run_dir = CATALOG[run.model], run.dir(out)
+    spec, run_dir = spec_of(run.model), run.dir(out)
     if spec.mostpop:
         from training.mostpop import train_mostpop
 
@@ -102,7 +105,7 @@ def check_teacher_overrides(runs: list[Run], datasets: dict[str, SequenceDataset
     from training.teachers import resolve_setup
 
     for run in runs:
-        spec = CATALOG[run.model]
+        spec = spec_of(run.model)
         if spec.teacher is not None:
             try:
                 resolve_setup(spec.teacher, preset, datasets[run.dataset].num_items, run.seed, overrides,
@@ -150,10 +153,10 @@ def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | N
     alone_row = alone_of(best.model)
     alone = [score[r] for r in cands if r.model == alone_row]
     sampled = results[best]["valid"]["sampled"]["ndcg@10"]
-    if CATALOG[best.model].teachers and alone:
+    if spec_of(best.model).teachers and alone:
         why = (f"the distilled student beats the same student alone ({alone_row}: best valid full N@10 "
                f"{max(alone):.4f}), so imitation pays here")
-    elif CATALOG[best.model].teachers:
+    elif spec_of(best.model).teachers:
         why = "a distilled student; its student alone was not trained in this folder"
     else:
         why = "a student trained ALONE: no distilled student beats it on validation here, so imitation does not pay"
@@ -188,10 +191,10 @@ def discover_finished(out: Path, known: set[Run]) -> list[Run]:
         seed_dir, row_dir, ds_dir = metrics.parent, metrics.parent.parent, metrics.parent.parent.parent
         name, layers = row_dir.name, None
         base, sep, depth = name.rpartition("_L")
-        if sep and depth.isdigit() and base in CATALOG:
+        if sep and depth.isdigit() and is_known(base):
             name, layers = base, int(depth)
         seed = seed_dir.name.removeprefix("seed")
-        if name not in CATALOG or not seed.isdigit():
+        if not is_known(name) or not seed.isdigit():
             continue
         run = Run(ds_dir.name, name, int(seed), layers)
         if run not in known:
@@ -259,8 +262,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", default=None,
                    help="dataset names (beauty, toys, sports, lastfm or any NAME.txt). Default: every paper "
                         "dataset present in the data folder")
-    p.add_argument("--models", nargs="+", default=None, choices=sorted(CATALOG), metavar="MODEL",
-                   help=f"subset of rows to train (default: all). Known: {', '.join(CATALOG)}")
+    p.add_argument("--models", nargs="+", default=None, type=row_name, metavar="MODEL",
+                   help=f"subset of rows to train (default: all). Known: {', '.join(CATALOG)}. Or a composition: "
+                        "STUDENT--TEACHER[+TEACHER...][--OPTION] (a student alone distilled from row references, "
+                        "e.g. hgn_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2--mean) or ensemble--MEMBER+MEMBER[...]")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="seeds for mean +- std (default: 42 for smoke, 42 43 44 otherwise; teachers use the first)")
     p.add_argument("--teacher-layers", nargs="*", type=int, default=[],
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in bar:
         bar.set_postfix_str(f"{run.dataset}/{run.name}/seed{run.seed}")
         ds = datasets[run.dataset]
-        if CATALOG[run.model].mostpop and rank != 0:
+        if spec_of(run.model).mostpop and rank != 0:
             continue
         if args.report_only and not is_finished(run.dir(args.out)):
             missing.append(run)
