@@ -27,3 +27,25 @@ def test_value_table_names_each_rows_dataset_and_groups_them(tmp_path) -> None:
 
 def test_value_table_is_empty_without_a_measurement(tmp_path) -> None:
     assert value_table(tmp_path / "latency.json") == ""
+
+
+def test_the_summary_is_regenerated_from_a_committed_report(tmp_path) -> None:
+    """``python -m training.report REPORT_JSON --update-readme``: the same numbers from report.json alone, in
+    the tables' current form (full ranking first), into the README block."""
+    from training.report import README_END, README_START, main
+
+    cell = lambda v: {"sampled": {"ndcg@10": v, "recall@10": v}, "full": {"ndcg@10": v / 10, "recall@10": v / 5}}
+    entry = lambda model, seed, v: {"dataset": "d", "model": model, "seed": seed, "best_epoch": 3, "wall_time_s": 9.0,
+                                    "metrics": {"valid": cell(v), "test": cell(v)}}
+    doc = {"runs": [entry("hgn_ce", 42, 0.30), entry("hgn_ce", 43, 0.32), entry("ssi_hgn_ce_gru", 42, 0.35),
+                    entry("ssi_hgn_ce_gru", 43, 0.36), entry("teacher_gru_temporal", 42, 0.2)]}
+    (tmp_path / "report.json").write_text(json.dumps(doc))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{README_START}\nold\n{README_END}\nbottom\n")
+    assert main([str(tmp_path / "report.json"), "--update-readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("top\n") and text.endswith("bottom\n") and "old" not in text
+    assert "| dataset | row | seeds | valid full N@10 | test full N@10 | valid sampled N@10 |" in text
+    assert "| d | hgn_ce | 2 | 0.0310 ± 0.0014 |" in text  # (0.030 + 0.032) / 2, full first
+    assert "| d | ssi_hgn_ce_gru − hgn_ce | 42, 43 | +0.0090 ± 0.0014 | +0.0045 ± 0.0007 |" in text
+    assert "Best student alone on d (validation full N@10): `hgn_ce` 0.0310." in text

@@ -184,10 +184,10 @@ def value_table(latency_json: Path) -> str:
     md = [(f"Serving cost measured in one run of `python -m export.latency` ({doc.get('created_at', '')}; ONNX "
           f"Runtime CPU, {doc.get('settings', {}).get('threads', 1)} thread; ratios to `{ref}`, median over "
           "interleaved rounds):"), "",
-          ("| dataset | row | test sampled N@10 | test full N@10 | encode, 1 request | encode, batch 32 | parameters | "
+          ("| dataset | row | test full N@10 | test sampled N@10 | encode, 1 request | encode, batch 32 | parameters | "
           "artifact |"), "|---|---|---|---|---|---|---|---|"]
     for r in sorted(doc["rows"], key=lambda r: r.get("dataset", "")):  # stable: run order within a dataset
-        md.append(f"| {r.get('dataset', '')} | {r['label']} | {r['test_sampled_ndcg@10']:.4f} | {r['test_full_ndcg@10']:.4f} | "
+        md.append(f"| {r.get('dataset', '')} | {r['label']} | {r['test_full_ndcg@10']:.4f} | {r['test_sampled_ndcg@10']:.4f} | "
                   f"{r['encode_b1_ratio']:.2f}x ({r['encode_b1_ms'] * 1000:.0f} us) | "
                   f"{r['encode_b32_ratio']:.2f}x ({r['encode_b32_ms'] * 1000:.0f} us) | {r['params'] / 1e3:.0f} k | "
                   f"{r['artifact_bytes'] / 2**20:.2f} MiB |")
@@ -384,3 +384,60 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     }
     atomic_write_json(report / "report.json", doc)
     return report
+
+
+# ---- the README's results block -------------------------------------------------------------------------
+README_START, README_END = "<!-- results:start (run_all --update-readme) -->", "<!-- results:end -->"
+
+
+def update_readme(readme: Path, summary: str) -> None:
+    """Replace the README block between the results markers with ``summary``."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"error: {readme} has no block between '{README_START}' and '{README_END}'")
+    readme.write_text(text[: start + len(README_START)] + "\n" + summary.strip() + "\n" + text[end:], encoding="utf-8")
+
+
+def runs_from_report(doc: dict[str, Any]) -> tuple[list[Run], dict[Run, dict[str, Any]]]:
+    """The runs and metrics a committed ``report.json`` holds, as ``write_report`` took them."""
+    runs: list[Run] = []
+    results: dict[Run, dict[str, Any]] = {}
+    for e in doc["runs"]:
+        name, layers = e["model"], None
+        base, sep, depth = name.rpartition("_L")
+        if sep and depth.isdigit() and is_known(base):
+            name, layers = base, int(depth)
+        run = Run(e["dataset"], name, int(e["seed"]), layers)
+        runs.append(run)
+        results[run] = {**e["metrics"], **{k: e.get(k) for k in ("wall_time_s", "device", "best_epoch", "epochs_run")}}
+    return runs, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.report REPORT_JSON``: the summary (and the README block) again from a committed
+    report.json, without the run folders: the same numbers, in the tables' current form."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m training.report", description=main.__doc__)
+    p.add_argument("report", type=Path, help="a report.json written by run_all (e.g. docs/results/gru-teachers/report.json)")
+    p.add_argument("--update-readme", type=Path, default=None, metavar="README",
+                   help="replace this README's results block with the summary")
+    a = p.parse_args(argv)
+    try:
+        doc = json.loads(a.report.read_text(encoding="utf-8"))
+        runs, results = runs_from_report(doc)
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: {a.report}: not a readable report.json ({e})") from None
+    gain_md, _ = gains(runs, results)
+    text = summary(runs, results, gain_md, value_table(a.report.parent / "latency.json"))
+    atomic_write_text(a.report.parent / "summary.md", text)
+    print(f"wrote {a.report.parent / 'summary.md'}")
+    if a.update_readme:
+        update_readme(a.update_readme, text)
+        print(f"{a.update_readme}: results block regenerated from {a.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

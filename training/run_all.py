@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from protocol import DataError, SequenceDataset, load_dataset, load_or_create_negatives
 from protocol.data import list_datasets, resolve_data_dir
 from training.cli import init_distributed, parse_override
+from training.report import README_END, README_START, update_readme  # noqa: F401  (re-exported)
 
 log = logging.getLogger("ssi.run_all")
 
@@ -239,18 +240,6 @@ def preset_clash(run_dir: Path, preset: str) -> str | None:
     path = run_dir / "run.json"
     made = read_json(path).get("preset") if path.is_file() else None
     return made if made not in (None, preset) else None
-
-
-README_START, README_END = "<!-- results:start (run_all --update-readme) -->", "<!-- results:end -->"
-
-
-def update_readme(readme: Path, summary: str) -> None:
-    """Replace the README block between the results markers with ``summary``."""
-    text = readme.read_text(encoding="utf-8")
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        raise SystemExit(f"error: {readme} has no block between '{README_START}' and '{README_END}'")
-    readme.write_text(text[: start + len(README_START)] + "\n" + summary.strip() + "\n" + text[end:], encoding="utf-8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
