@@ -13,7 +13,8 @@ Index kinds (``--kinds``), all by inner product (``METRIC_INNER_PRODUCT``), buil
 (``protocol.ann``; no hand-rolled ANN): ``matmul`` (exact: numpy float32 matmul + argpartition, what the server
 runs below ``matmul_max_items``), ``flat`` (FAISS ``IndexFlatIP``, exact), ``ivf`` (``IVF<4 sqrt N>,Flat``),
 ``ivfpq`` (``IVF<4 sqrt N>,PQ<d/3>``) and ``hnsw`` (``HNSW32``). IVF coarse quantizers are exact (``protocol.ann``
-says why not an HNSW one); IVF lists are trained on ``--train-per-list`` rows per list (a sample). The main knob is swept: ``nprobe`` for IVF,
+says why not an HNSW one); IVF lists are trained on ``--train-per-list`` rows per list (a sample); IVF-PQ takes a copy of IVF-Flat's trained coarse
+quantizer at the same size (same lists), so its training is its PQ codebooks only. The main knob is swept: ``nprobe`` for IVF,
 ``efSearch`` for HNSW; every value is one cell.
 
 Per cell: build seconds (train + add); memory = the index's serialized size (``faiss.serialize_index``, what
@@ -24,11 +25,15 @@ never fewer than 100 queries); batch-32 throughput (queries per second through 3
 without seen-item exclusion. A kind whose build time, extrapolated from the smaller sizes measured in the
 same run, exceeds ``--max-build-s`` is not built at that size: its row holds ``skipped`` and the reason.
 
-FAISS runs on ``--threads`` threads (``faiss.omp_set_num_threads``, default 2: the whole machine here); numpy's
-BLAS (the matmul path) on its own default, recorded as ``machine.blas_threads`` (all cores unless
-OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say otherwise). Writes ``--results``/scale-<time>.json (one row per cell: items, index, params,
+Threads (``faiss.omp_set_num_threads``): searches run on ``--threads`` (default 1: what the server gives FAISS by
+default, ``ort_threads=1``, and what keeps a single query's p99 free of OpenMP barrier stalls on a shared
+machine); builds (training, adding) on ``--build-threads`` (default 2: the whole machine here). numpy's BLAS (the
+matmul path) runs on 1 thread, as in the server (``OPENBLAS_NUM_THREADS=1`` unless set, before numpy loads, as
+``serving/__init__.py`` does), recorded as ``machine.blas_threads``. ``--time-budget-s`` bounds the run: a build whose
+predicted time would end past it is skipped (a row with the reason). The JSON, markdown and plots are rewritten
+after each size, so an interrupted run keeps the sizes it finished. Writes ``--results``/scale-<time>.json (one row per cell: items, index, params,
 recall_at_10, p50_ms, p99_ms, build_s, memory_mb, ...), .md (the table) and -<size>.png (latency against
-recall, one plot per size).
+recall, one plot per size); ``--name`` changes the ``scale`` prefix.
 """
 from __future__ import annotations
 
@@ -44,6 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":  # as the server (serving/__init__.py): numpy's BLAS on 1 thread, set before numpy loads
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
@@ -55,10 +63,12 @@ from protocol.data import DataError, load_dataset, resolve_data_dir
 from protocol.split import eval_examples, pad_left
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("matmul", "flat", "ivf", "ivfpq", "hnsw")
+CPU_KINDS = ("matmul", "flat", "ivf", "ivfpq", "hnsw")
+GPU_KINDS = ("gpu-flat", "gpu-ivf", "gpu-ivfpq")  # FAISS GPU indexes (loadtest/gpu_check.sh); not in the default
+KINDS = CPU_KINDS + GPU_KINDS
 BATCH = 32
 LABELS = {"matmul": "exact matmul (numpy)", "flat": "exact IndexFlatIP", "ivf": "IVF-Flat", "ivfpq": "IVF-PQ",
-          "hnsw": "HNSW32"}
+          "hnsw": "HNSW32", "gpu-flat": "GPU exact GpuIndexFlatIP", "gpu-ivf": "GPU IVF-Flat", "gpu-ivfpq": "GPU IVF-PQ"}
 
 
 class ScaleSettings(LoadtestSettings):
@@ -72,10 +82,14 @@ class ScaleSettings(LoadtestSettings):
     data_dir: Path | None = Field(None, description="data folder holding the artifact's dataset (none: the usual "
                                   "rule: $SSI_DATA_DIR, ./data, ../shared/data)")
     sizes: str = Field("1e4,1e5,1e6,1e7", description="catalogue sizes (comma list; 1e6 or 1000000)")
-    kinds: str = Field(",".join(KINDS), description=f"index kinds (comma list of {', '.join(KINDS)})")
+    kinds: str = Field(",".join(CPU_KINDS), description=f"index kinds (comma list of {', '.join(KINDS)}; the gpu-* "
+                       "kinds are FAISS GPU indexes on GPU 0, built there, for loadtest/gpu_check.sh)")
     queries: int = Field(1000, ge=10, description="real test histories used as queries (recall and latency)")
     k: int = Field(10, ge=1, le=100, description="top-k of every search (recall@k)")
-    threads: int = Field(2, ge=1, le=64, description="FAISS / BLAS threads")
+    threads: int = Field(1, ge=1, le=1024, description="FAISS threads while searching (faiss.omp_set_num_threads)")
+    build_threads: int = Field(2, ge=1, le=1024, description="FAISS threads while training and adding")
+    time_budget_s: float = Field(3600.0, gt=0, description="a build predicted to end past this many seconds from "
+                                 "the start is skipped (a row with the reason)")
     train_per_list: int = Field(ann.TRAIN_PER_LIST, ge=1, description="IVF training rows per list")
     hnsw_m: int = Field(32, ge=4, le=128, description="HNSW graph degree")
     max_build_s: float = Field(900.0, gt=0, description="a kind whose build, extrapolated from the smaller sizes, "
@@ -86,6 +100,8 @@ class ScaleSettings(LoadtestSettings):
     p99_budget_ms: float = Field(10.0, gt=0, description="single-query p99 a chosen index must meet")
     seed: int = Field(0, description="seed of the synthetic rows and samples")
     results: Path = Field(Path("loadtest/results"), description="where the JSON, markdown and plots go")
+    name: str = Field("scale", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+                      description="file name prefix: <results>/<name>-<time>.json|md, -<size>.png")
     machine_note: str = Field("", description="free text recorded as the run's machine_load.note (e.g. what was "
                               "paused during the run)")
 
@@ -217,25 +233,63 @@ class Plan:
 def plan_for(kind: str, n: int, d: int, hnsw_m: int) -> Plan:
     if kind == "matmul":
         return Plan(kind, "", None, ())
-    if kind == "flat":
+    if kind in ("flat", "gpu-flat"):
         return Plan(kind, "Flat", None, ())
+    if kind.startswith("gpu-"):
+        factory = ann.ivf_factory(n, d, pq=kind == "gpu-ivfpq")
+        return Plan(kind, factory, "nprobe", tuple(v for v in ann.knob_values("ivf", factory) if v <= 2048))
     factory = {"ivf": lambda: ann.ivf_factory(n, d), "ivfpq": lambda: ann.ivf_factory(n, d, pq=True),
                "hnsw": lambda: f"HNSW{hnsw_m},Flat"}[kind]()
     k = ann.kind_of(factory)
     return Plan(kind, factory, ann.KNOBS[k], ann.knob_values(k, factory))
 
 
-def predicted_build_s(kind: str, n: int, measured: dict[str, list[tuple[int, float, float]]]) -> float | None:
-    """Build seconds at ``n`` rows from the largest size measured in this run (``(rows, train_s, add_s)``).
-    HNSW inserts grow as N log N. An IVF with ~sqrt(N) lists: k-means on a fixed number of rows per list costs
-    rows x lists ~ N; adding N rows by scanning the lists costs N x lists ~ N^1.5."""
+def build_gpu(factory: str, items: np.ndarray, cfg: ScaleSettings) -> tuple[Any, float, float, int]:
+    """A FAISS GPU index on GPU 0 (``faiss.index_cpu_to_gpu`` of the factory's untrained index, then trained and
+    filled on the GPU): (index, train_s, build_s, serialized bytes of its CPU copy)."""
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        raise RuntimeError("this faiss has no GPU support or sees no GPU (faiss-gpu and a CUDA GPU needed)")
+    res = faiss.StandardGpuResources()
+    cpu = faiss.index_factory(items.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.index_cpu_to_gpu(res, 0, cpu)
+    index.referenced_objects = [res]  # keep the resources alive with the index
+    t0 = time.perf_counter()
+    if not index.is_trained:
+        want = ann.nlist_of(factory) * cfg.train_per_list
+        rows = np.random.default_rng(cfg.seed).choice(len(items), size=min(want, len(items)), replace=False)
+        index.train(items[np.sort(rows)])
+    t1 = time.perf_counter()
+    index.add(items)
+    t2 = time.perf_counter()
+    memory = ann.serialized_bytes(faiss.index_gpu_to_cpu(index))
+    return index, t1 - t0, t2 - t0, memory
+
+
+def set_knob(index: Any, kind: str, knob: str | None, value: int | None) -> None:
+    if knob is None or value is None:
+        return
+    if kind.startswith("gpu-"):
+        import faiss
+
+        faiss.GpuParameterSpace().set_index_parameter(index, knob, int(value))
+    else:
+        ann.set_knob(index, knob, value)
+
+
+def predicted_build_s(kind: str, n: int, measured: dict[str, list[tuple[int, float, float, bool]]]) -> float | None:
+    """Build seconds at ``n`` rows from the largest size measured in this run (``(rows, train_s, add_s,
+    train_grows)``). HNSW inserts grow as N log N. An IVF with ~sqrt(N) lists: k-means on a fixed number of rows
+    per list costs rows x lists ~ N (``train_grows``; an IVF-PQ that took IVF-Flat's trained quantizer trains only
+    its PQ codebooks, on a capped sample: constant); adding N rows by scanning the lists costs N x lists ~ N^1.5."""
     past = measured.get(kind) or []
     if not past:
         return None
-    n0, train0, add0 = max(past)
+    n0, train0, add0, grows = max(past)
     if kind == "hnsw":
         return (train0 + add0) * (n / n0) * (math.log(n) / math.log(n0))
-    return train0 * (n / n0) + add0 * (n / n0) ** 1.5
+    return train0 * (n / n0 if grows else 1.0) + add0 * (n / n0) ** 1.5
 
 
 def time_batches(index: Any, q: np.ndarray, k: int, seconds: float) -> float:
@@ -263,7 +317,7 @@ def measure_cell(index: Any, queries: np.ndarray, want: np.ndarray, cfg: ScaleSe
 
 
 def run_size(n: int, real: np.ndarray, queries: np.ndarray, cfg: ScaleSettings, measured: dict[str, list[Any]],
-             bar: Any, log: Any) -> list[dict[str, Any]]:
+             bar: Any, log: Any, started: float) -> list[dict[str, Any]]:
     d = real.shape[1]
     t0 = time.perf_counter()
     items = synthetic_table(real, n, cfg.seed)
@@ -271,13 +325,25 @@ def run_size(n: int, real: np.ndarray, queries: np.ndarray, cfg: ScaleSettings, 
     t0 = time.perf_counter()
     want = ann.exact_ids(items, queries, cfg.k)
     log(f"{n:,} items: exact top-{cfg.k} of {len(queries)} queries (faiss.knn) in {time.perf_counter() - t0:.1f}s")
+    import faiss
+
     rows: list[dict[str, Any]] = []
+    quantizers: dict[int, Any] = {}  # IVF-Flat's trained coarse quantizer by list count, for IVF-PQ at this size
     for kind in cfg.kind_list():
         plan = plan_for(kind, n, d, cfg.hnsw_m)
+        shared = None
         base = {"items": n, "dim": d, "index": kind, "label": LABELS[kind], "factory": plan.factory or "numpy matmul"}
         predicted = predicted_build_s(kind, n, measured)
+        left = cfg.time_budget_s - (time.monotonic() - started)
+        if predicted is not None and predicted > left:
+            rows.append({**base, "params": {}, "skipped": True, "predicted_build_s": round(predicted, 1),
+                         "reason": f"predicted build {predicted:.0f}s > the {left:.0f}s left of --time-budget-s "
+                                   f"{cfg.time_budget_s:.0f}"})
+            bar.update(plan.cells)
+            log(f"{n:,} items: {kind} skipped ({rows[-1]['reason']})")
+            continue
         if predicted is not None and predicted > cfg.max_build_s:
-            past = ", ".join(f"{t + a:.0f}s (train {t:.0f}s) at {m:,}" for m, t, a in sorted(measured[kind]))
+            past = ", ".join(f"{t + a:.0f}s (train {t:.0f}s) at {m:,}" for m, t, a, _ in sorted(measured[kind]))
             rows.append({**base, "params": {}, "skipped": True,
                          "reason": f"predicted build {predicted:.0f}s > --max-build-s {cfg.max_build_s:.0f}s "
                                    f"(extrapolated from {past} in this run)", "predicted_build_s": round(predicted, 1)})
@@ -287,20 +353,36 @@ def run_size(n: int, real: np.ndarray, queries: np.ndarray, cfg: ScaleSettings, 
         bar.set_postfix_str(f"{n:,} {kind} build")
         gc.collect()
         rss0 = rss_mb()
+        faiss.omp_set_num_threads(cfg.build_threads)
         if kind == "matmul":
             index: Any = MatmulIndex(items)
             build_s, train_s, memory = 0.0, 0.0, items.nbytes
+        elif kind.startswith("gpu-"):
+            try:
+                index, train_s, build_s, memory = build_gpu(plan.factory, items, cfg)
+            except Exception as e:  # noqa: BLE001 - no GPU, a CPU-only faiss, or a shape the GPU index refuses
+                reason = " ".join(str(e).split())[:300]
+                rows.append({**base, "params": {}, "skipped": True, "reason": f"GPU build failed: {reason}"})
+                bar.update(plan.cells)
+                log(f"{n:,} items: {kind} skipped ({rows[-1]['reason']})")
+                continue
         else:
-            built = ann.build(plan.factory, items, cfg.train_per_list, cfg.seed)
+            shared = quantizers.get(ann.nlist_of(plan.factory)) if kind == "ivfpq" else None
+            built = ann.build(plan.factory, items, cfg.train_per_list, cfg.seed, quantizer=shared)
             index, build_s, train_s = built.index, built.build_s, built.train_s
             memory = ann.serialized_bytes(index)
+            if kind == "ivf":
+                quantizers[ann.nlist_of(plan.factory)] = faiss.clone_index(ann.coarse_quantizer(index))
+            if shared is not None:
+                base["factory"] += " (IVF-Flat's trained quantizer)"
         rss_delta = rss_mb() - rss0
+        faiss.omp_set_num_threads(cfg.threads)
         if kind != "matmul":
-            measured.setdefault(kind, []).append((n, train_s, build_s - train_s))
+            measured.setdefault(kind, []).append((n, train_s, build_s - train_s, shared is None))
         log(f"{n:,} items: {kind} {plan.factory} built in {build_s:.1f}s (train {train_s:.1f}s), "
             f"{memory / 2**20:.1f} MiB")
         for value in plan.values or (None,):
-            ann.set_knob(index, plan.knob, value)
+            set_knob(index, kind, plan.knob, value)
             bar.set_postfix_str(f"{n:,} {kind} {plan.knob or ''}{'=' + str(value) if value else ''}")
             cell = measure_cell(index, queries, want, cfg)
             rows.append({**base, "params": {plan.knob: value} if plan.knob else {}, **cell,
@@ -337,12 +419,13 @@ def _params(r: dict[str, Any]) -> str:
 
 def render_markdown(res: dict[str, Any]) -> str:
     m, cfg = res["machine"], res["settings"]
-    out = [f"# Catalogue-scale benchmark ({res['started']} UTC)", "",
+    out = [f"# Catalogue-scale benchmark ({res['started']} UTC{', ' + cfg['name'] if cfg['name'] != 'scale' else ''})", "",
            (f"Artifact `{res['inputs']['model']}` ({res['inputs']['dataset']}, {res['inputs']['real_items']:,} real items, "
            f"dim {res['inputs']['dim']} with the bias column); queries: {res['inputs']['query_source']}. Synthetic "
            "rows: N(mean, full covariance) of the real rows, the real rows first. Inner product everywhere."),
            (f"Machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, {m['platform']}; faiss {m['faiss']}, numpy "
-           f"{m['numpy']}; FAISS on {cfg['threads']} threads (faiss.omp_set_num_threads), numpy BLAS on {m['blas_threads']}."),
+           f"{m['numpy']}; FAISS searches on {cfg['threads']} thread(s), builds on {cfg['build_threads']} "
+           f"(faiss.omp_set_num_threads), numpy BLAS on {m['blas_threads']}."),
            f"Machine load: 1-min load average {res['machine_load']['before'][0]:.2f} before, "
            f"{res['machine_load']['after'][0]:.2f} after. {res['machine_load']['note']}".rstrip(), "",
            ("Latency: one `search` call per query in process (no HTTP, no encoder), top-10, no seen-item exclusion; "
@@ -373,8 +456,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         out.append(f"| {r['items']:,} | {r['label']} | {r['factory']} | {_params(r)} | {r['recall_at_10']:.4f} | "
                    f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['latency_queries']} | {r['batch32_qps']:,.0f} | "
                    f"{r['build_s']:.1f} | {r['memory_mb']:.1f} | {r['rss_delta_mb']:.0f} |")
-    if res.get("notes"):
-        out += ["", "## Notes", ""] + [f"- {x}" for x in res["notes"]]
+    if res.get("notes") or res.get("chosen"):
+        out += ["", "## Notes", ""] + [f"- {x}" for x in res.get("notes", []) + res.get("chosen", [])]
     if res.get("plots"):
         out += ["", "Plots: " + ", ".join(f"[{Path(p).name}]({Path(p).name})" for p in res["plots"])]
     return "\n".join(out) + "\n"
@@ -450,7 +533,7 @@ def run(cfg: ScaleSettings, log: Any = print, progress: bool = True) -> dict[str
     total = sum(plan_for(kind, n, d, cfg.hnsw_m).cells for n in sizes for kind in kinds)
     results = cfg.results if cfg.results.is_absolute() else ROOT / cfg.results
     results.mkdir(parents=True, exist_ok=True)
-    base = results / f"scale-{stamp}"
+    base = results / f"{cfg.name}-{stamp}"
     import psutil
 
     res: dict[str, Any] = {
@@ -458,7 +541,8 @@ def run(cfg: ScaleSettings, log: Any = print, progress: bool = True) -> dict[str
         "inputs": inputs,
         "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
                     "platform": platform.platform(), "python": platform.python_version(), "faiss": faiss.__version__,
-                    "numpy": np.__version__, "threads": cfg.threads, "blas_threads": blas_threads()},
+                    "numpy": np.__version__, "threads": cfg.threads, "build_threads": cfg.build_threads,
+                    "blas_threads": blas_threads()},
         "machine_load": {"before": list(load_before), "after": None, "note": cfg.machine_note},
         "synthetic": "rows beyond the real ones drawn from N(mean, full covariance) of the real rows (float64 "
                      "Cholesky, 1e-6 ridge), real rows first",
@@ -466,7 +550,7 @@ def run(cfg: ScaleSettings, log: Any = print, progress: bool = True) -> dict[str
                   "rss_delta_mb = process RSS growth during the build",
         "rows": [], "notes": [], "plots": [],
     }
-    measured: dict[str, list[tuple[int, float, float]]] = {}
+    measured: dict[str, list[tuple[int, float, float, bool]]] = {}
     with tqdm(total=total, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True) as bar:
         for n in sizes:
             need = 1.25 * n * d * 4 * (2 + ("hnsw" in kinds)) / 2**30
@@ -478,21 +562,26 @@ def run(cfg: ScaleSettings, log: Any = print, progress: bool = True) -> dict[str
                 log(note)
                 bar.update(sum(plan_for(kind, n, d, cfg.hnsw_m).cells for kind in kinds))
                 continue
-            res["rows"] += run_size(n, real, queries, cfg, measured, bar, log)
-            res["wall_s"] = time.monotonic() - t_start
-            res["machine_load"]["after"] = list(os.getloadavg())
-            base.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")  # partial results survive
-    for n in sizes:
+            res["rows"] += run_size(n, real, queries, cfg, measured, bar, log, t_start)
+            write_outputs(res, base, cfg, t_start)  # partial results survive an interrupted run
+    return write_outputs(res, base, cfg, t_start)
+
+
+def write_outputs(res: dict[str, Any], base: Path, cfg: ScaleSettings, t_start: float) -> dict[str, Any]:
+    """``base``.json, .md and -<size>.png from the rows so far; ``res["files"]`` names them."""
+    res["wall_s"] = time.monotonic() - t_start
+    res["machine_load"]["after"] = list(os.getloadavg())
+    res["plots"] = []
+    for n in res["sizes"]:
         p = plot_size(res["rows"], n, Path(f"{base}-{n}.png"), cfg.recall_target, cfg.p99_budget_ms)
         if p is not None:
             res["plots"].append(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p))
-    for n in sizes:
+    res["chosen"] = []
+    for n in res["sizes"]:
         c = chosen(res["rows"], n, cfg.recall_target, cfg.p99_budget_ms)
         if c is not None:
-            res["notes"].append(f"{n:,} items: {c['label']} {_params(c)} meets recall@10 >= {cfg.recall_target} "
-                                f"({c['recall_at_10']:.4f}) at p99 {c['p99_ms']:.2f} ms")
-    res["wall_s"] = time.monotonic() - t_start
-    res["machine_load"]["after"] = list(os.getloadavg())
+            res["chosen"].append(f"{n:,} items: {c['label']} {_params(c)} meets recall@10 >= {cfg.recall_target} "
+                                 f"({c['recall_at_10']:.4f}) at p99 {c['p99_ms']:.2f} ms")
     base.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
     base.with_suffix(".md").write_text(render_markdown(res))
     res["files"] = [str(base.with_suffix(".json")), str(base.with_suffix(".md")), *res["plots"]]

@@ -92,14 +92,26 @@ class Built:
         return self.train_s + self.add_s
 
 
-def build(factory: str, items: np.ndarray, train_per_list: int = TRAIN_PER_LIST, seed: int = 0) -> Built:
+def build(factory: str, items: np.ndarray, train_per_list: int = TRAIN_PER_LIST, seed: int = 0,
+          quantizer: Any = None) -> Built:
     """``faiss.index_factory(d, factory, METRIC_INNER_PRODUCT)``, trained on a sample of ``train_per_list`` rows
-    per IVF list (all rows when fewer), then every row added (row i = item i + 1). Times both steps."""
+    per IVF list (all rows when fewer), then every row added (row i = item i + 1). Times both steps.
+
+    ``quantizer``: a trained coarse quantizer of the same list count (another IVF's, ``coarse_quantizer``) that
+    this IVF takes a copy of, so that its training is only the codec's (FAISS skips a trained quantizer)."""
     import faiss
 
     kind = kind_of(factory)
     items = np.ascontiguousarray(items, dtype=np.float32)
     index = faiss.index_factory(items.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if quantizer is not None:
+        ivf = faiss.extract_index_ivf(index)
+        if quantizer.ntotal != ivf.nlist or quantizer.d != ivf.d:
+            raise ValueError(f"quantizer of {quantizer.ntotal} x {quantizer.d} for {factory}")
+        copy = faiss.clone_index(quantizer)
+        copy.this.disown()  # the IVF owns (and frees) its quantizer
+        ivf.quantizer = copy
+        ivf.own_fields = True
     if kind == "ivfpq":  # the factory turns on polysemous training (Hamming filtering, unused here): minutes at 10^7
         faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
     t0 = time.perf_counter()
@@ -118,6 +130,13 @@ def build(factory: str, items: np.ndarray, train_per_list: int = TRAIN_PER_LIST,
     index.add(items)
     t2 = time.perf_counter()
     return Built(index, factory, kind, KNOBS[kind], t1 - t0, t2 - t1, rows)
+
+
+def coarse_quantizer(index: Any) -> Any:
+    """The trained coarse quantizer of an IVF index (for ``build(..., quantizer=)``)."""
+    import faiss
+
+    return faiss.extract_index_ivf(index).quantizer
 
 
 def set_knob(index: Any, knob: str | None, value: int | None) -> None:

@@ -73,3 +73,33 @@ def test_help_and_bad_kinds(capsys: pytest.CaptureFixture) -> None:
     for flag in ("--sizes", "--kinds", "--max-build-s", "--threads", "--queries"):
         assert flag in out
     assert main(["--kinds", "lsh"]) == 2
+
+
+def test_gpu_kinds_without_a_gpu_are_skipped_rows_with_the_reason(tmp_path: Path) -> None:
+    import faiss
+
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU is present: the gpu-* kinds run (loadtest/gpu_check.sh)")
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dataset(data)
+    artifact = build_artifact(tmp_path / "serving", data, "20260101T000000Z-aaaaaa", seed=1)
+    cfg = ScaleSettings(artifact=artifact, data_dir=data, sizes="2000", kinds="gpu-flat,gpu-ivf", queries=20,
+                        cell_seconds=0.1, batch_seconds=0.05, results=tmp_path / "results")
+    rows = run(cfg, log=lambda _: None, progress=False)["rows"]
+    assert [r["index"] for r in rows] == ["gpu-flat", "gpu-ivf"]
+    assert all(r["skipped"] and "GPU build failed" in r["reason"] for r in rows)
+
+
+def test_gpu_check_script_calls_the_scale_benchmark_with_existing_flags() -> None:
+    import re
+
+    script = (Path(__file__).resolve().parents[2] / "loadtest" / "gpu_check.sh").read_text()
+    call = script[script.rindex("-m loadtest.scale"):]  # the call (the header comment names it first).split("|| failed")[0]
+    flags = set(re.findall(r"--[a-z][a-z-]+", call))
+    parser_flags = {a for action in __import__("loadtest.scale", fromlist=["x"]).build_parser()._actions
+                    for a in action.option_strings}
+    assert flags and flags <= parser_flags, flags - parser_flags
+    kinds = re.search(r"--kinds (\S+)", call).group(1).split(",")
+    assert {"gpu-flat", "gpu-ivf", "gpu-ivfpq"} <= set(kinds)
+    assert ScaleSettings(kinds=",".join(kinds)).kind_list() == kinds
