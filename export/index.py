@@ -3,9 +3,10 @@ FAISS's index factory, measured against exact search, written with ``faiss.write
 
 ``choose_index(items, queries, config)`` decides:
 
-- ``--index flat``, or ``auto`` on a catalogue of at most ``exact_max_items`` rows (262,144: where one BLAS
-  matmul per batch still meets a 10 ms p99 on 2 cores, ``loadtest/results/scale-*.md``): exact search, no
-  index file (the server's exact path: matmul or ``IndexFlatIP``); recall 1 by definition.
+- ``--index flat``, or ``auto`` on a catalogue of at most ``exact_max_items`` rows (262,144: the largest size
+  measured where both exact paths met a 10 ms single-query p99 on one thread, matmul 9.7 ms and ``IndexFlatIP``
+  3.5 ms; at 524,288 matmul took 12.3 ms; ``loadtest/README.md``, "Catalogue scale"): exact search, no index
+  file (the server's exact path: matmul or ``IndexFlatIP``); recall 1 by definition.
 - ``auto`` above it: each candidate (``IVF<4 sqrt N>,Flat``, ``IVF<16 sqrt N>,Flat``, ``HNSW32,Flat``; from 1M
   rows the IVF quantizer is an HNSW graph) is built, its knob (``nprobe`` / ``efSearch``) swept upwards on the
   tuning half of the queries until recall@10 against exact reaches ``recall_target``, and its recall measured
