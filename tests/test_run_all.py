@@ -218,7 +218,15 @@ def test_runs_as_compositions_plan_and_pair_like_catalogue_rows() -> None:
     from that spec, its folder is its name, and a bad part is one clear error."""
     import argparse
 
-    from training.catalogue import SpecError, alone_of, compose, is_student_row, row_name, spec_of, student_label
+    from training.catalogue import (
+        SpecError,
+        alone_of,
+        compose,
+        is_student_row,
+        row_name,
+        spec_of,
+        student_label,
+    )
     from training.run_all import Run, plan
 
     name = compose("hgn_ce", ("sasrec_ce@0", "sasrec_ce@1", "sasrec_ce@2"), "mean")
