@@ -59,6 +59,6 @@ def test_make_train_serves_the_best_student_on_validation_full_ranking(tmp_path)
     assert ("imitation pays" in out) == (best["model"] == "ssi_hgn_ce_gru_temporal")
     # the teacher got the first run's recipe, recorded in its run.json
     teacher = json.loads((runs / "tiny" / "teacher_gru_temporal" / "seed42" / "run.json").read_text())
-    assert teacher["train_config"]["lr"] == 0.01
+    assert teacher["train_config"]["lr"] == 0.01 and teacher["train_config"]["epochs"] == 6
     request = json.loads((serving / "example_request.json").read_text())
     assert request["k"] == 5 and 0 < len(request["history"]) <= 10 and all(isinstance(i, int) for i in request["history"])
