@@ -30,7 +30,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class QuickstartConfig:
     latency_repeats: int = 5
     started_at: float | None = None  # epoch seconds when the set-up began (`make run` passes it): timed too
     threads: int = 1  # torch threads per training process (two processes run at once)
-    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         spec = spec_of(self.distilled) if is_known(self.distilled) else None
@@ -119,7 +118,7 @@ def run_all_args(cfg: QuickstartConfig, models: list[str], export: bool) -> list
 
 
 def _env(cfg: QuickstartConfig) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1", **cfg.extra_env}
+    return {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "PYTHONUNBUFFERED": "1"}
 
 
 def train_side_by_side(cfg: QuickstartConfig, logs: Path) -> None:
