@@ -14,6 +14,9 @@
    scoring (``encode @ item_vectors().T``) on 500 real test histories: identical lists. A position where
    the two differ is accepted only as a near-tie, i.e. when the torch scores of the two items differ by
    less than the query difference can explain (Cauchy-Schwarz bound); such swaps are counted and shown.
+5. Index: the approximate index the artifact carries (if any), read with ``faiss.read_index`` and searched with
+   the manifest's knob on test histories export did not draw: recall@10 against exact no lower than the
+   manifest's, up to sampling noise.
 
 Exit status 0 when every check passes, 1 otherwise; errors are one line, without a traceback.
 """
@@ -338,6 +341,51 @@ def check_topk(
     )
 
 
+def check_index(
+    report: Report,
+    artifact: Artifact,
+    session: Any,
+    test_inputs: list[np.ndarray],
+    n_users: int = N_USERS,
+    seed: int = 1,
+    k: int = 10,
+) -> None:
+    """The approximate index the artifact carries (``index.faiss``), read as the server reads it, searched with
+    the manifest's knob on ORT queries of real test histories that export did not draw (``query_rows`` with
+    another seed): its recall@10 against exact search must not fall below the manifest's by more than sampling
+    noise allows (4 standard errors of the mean over the queries, at least 0.02). No entry, or an exact one:
+    nothing to check (the server searches exactly)."""
+    from protocol import ann
+    from protocol.artifact import index_entry
+
+    entry = index_entry(artifact.manifest, artifact.path / MANIFEST)
+    if entry is None or not entry.get("file"):
+        report.add("index", True, "exact search (no approximate index in the artifact)")
+        return
+    import faiss
+
+    path = artifact.path / entry["file"]
+    index = faiss.read_index(str(path))
+    if index.ntotal != len(artifact.items):
+        report.add("index", False, f"{path} holds {index.ntotal} vectors, items.npy {len(artifact.items)}")
+        return
+    for name, value in dict(entry["params"]).items():
+        ann.set_knob(index, name, value)
+    rows = ann.query_rows(len(test_inputs), n_users, seed)
+    hist, users = _real_histories(test_inputs, rows, artifact.max_len)
+    queries = np.concatenate([ort_encode(session, encoder_input(artifact, hist[s : s + 256]), users[s : s + 256])
+                              for s in range(0, len(rows), 256)]).astype(np.float32)
+    want = ann.exact_ids(artifact.items, queries, k)
+    _, got = index.search(queries, k)
+    per_query = np.array([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, want)])
+    recall, stated = float(per_query.mean()), float(entry["recall_at_10"])
+    tol = max(0.02, 4 * float(per_query.std(ddof=1)) / np.sqrt(len(per_query))) if len(per_query) > 1 else 0.02
+    report.figures.update({"index_recall_at_10": recall, "index_recall_stated": stated, "index_recall_tol": tol})
+    report.add("index", recall >= stated - tol,
+               f"{entry['factory']} {entry['params']} read from {entry['file']}: recall@10 {recall:.4f} against exact on "
+               f"{len(rows)} test histories export did not draw; the manifest says {stated:.4f} (tolerance {tol:.4f})")
+
+
 def file_sizes(artifact: Artifact) -> dict[str, int]:
     return {name: (artifact.path / name).stat().st_size for name in sorted(artifact.manifest["files"])}
 
@@ -384,6 +432,7 @@ def verify_artifact(
     rng = np.random.default_rng(seed)
     check_parity(report, artifact, model, session, test_inputs, rng, batches)
     check_topk(report, artifact, model, session, test_inputs, rng, n_users)
+    check_index(report, artifact, session, test_inputs, n_users)
     report.add("sizes", True, ", ".join(f"{n} {s / 1024:.1f} KiB" for n, s in files.items()))
     return report
 

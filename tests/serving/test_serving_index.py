@@ -112,3 +112,27 @@ def test_artifact_without_an_index_entry_is_served_exactly(artifact_v1: Path) ->
     assert art.index is None and art.index_path is None
     info = create_backend(art, "cpu", threads=1).describe()["index"]
     assert info["type"] == "exact-matmul" and "records no index" in info["chosen_because"]
+
+
+def test_export_verify_measures_the_carried_index_against_its_manifest(exported: Path, data_dir: Path) -> None:
+    """``python -m export.verify``'s index check: the index read back and searched with the manifest's knob on
+    test histories export did not draw reaches the recorded recall (up to sampling noise); a manifest that
+    claims more than the index gives fails the check."""
+    from export.onnx_export import ort_session
+    from export.verify import Report, check_index
+    from export.verify import load_artifact as load_for_verify
+
+    folder = _folder(exported)
+    art = load_for_verify(folder)
+    session = ort_session(art.encoder_path)
+    test_inputs, _ = eval_examples(load_dataset(DATASET, data_dir), "test")
+    report = Report(folder)
+    check_index(report, art, session, test_inputs)
+    check = next(c for c in report.checks if c.name == "index")
+    assert check.ok, check.detail
+    stated, measured = report.figures["index_recall_stated"], report.figures["index_recall_at_10"]
+    assert abs(measured - stated) <= report.figures["index_recall_tol"] and 0 < measured < 1
+    art.manifest["index"]["recall_at_10"] = 1.0  # a manifest that overstates the index
+    worse = Report(folder)
+    check_index(worse, art, session, test_inputs)
+    assert not next(c for c in worse.checks if c.name == "index").ok
