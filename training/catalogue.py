@@ -113,6 +113,16 @@ CATALOG: dict[str, ModelSpec] = {
 }
 SSI_STUDENTS = tuple(n for n, s in CATALOG.items() if s.group == "student")
 
+# What every choice made on validation reads (the served student, the best student alone, ensemble members,
+# the epoch a run keeps: ``TrainConfig.select``): NDCG@10 under the full ranking, the ranking /recommend returns.
+CHOOSE_BY = ("valid", "full", "ndcg@10")
+
+
+def choice_score(metrics: dict) -> float:
+    """``metrics[split][protocol][metric]`` of ``CHOOSE_BY``: validation full-ranking NDCG@10."""
+    split, proto, metric = CHOOSE_BY
+    return metrics[split][proto][metric]
+
 # ---- runs as compositions ------------------------------------------------------------------------------
 # A run that no catalogue row names is written as its parts, and its folder carries the same name:
 #   STUDENT--TEACHER[+TEACHER...][--OPTION]   a student distilled from teachers (e.g. hgn_ce--sasrec_ce,

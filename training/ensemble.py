@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from protocol import SequenceDataset, evaluate, load_or_create_negatives
+from training.catalogue import CHOOSE_BY
 from training.io import atomic_write_json, read_json
 from training.runs import RunError, is_finished, load_run_model
 from training.scoring import ContractScorer
@@ -74,7 +75,6 @@ def evaluate_ensemble(members: list[Path], ds: SequenceDataset, run_dir: str | o
 
 
 # ---- members chosen on validation ------------------------------------------------------------------------
-SELECT_BY = ("valid", "full", "ndcg@10")  # the ranking the server returns
 
 
 def _member_scorer(run_dir: Path, ds: SequenceDataset) -> ContractScorer:
@@ -94,7 +94,7 @@ def select_members(candidates: list[Path], ds: SequenceDataset, max_members: int
     metrics are never read here."""
     if not candidates:
         raise ValueError("no candidate runs to choose ensemble members from")
-    split, proto, metric = SELECT_BY
+    split, proto, metric = CHOOSE_BY
     negatives = load_or_create_negatives(ds)
     scorers = {d: _member_scorer(d, ds) for d in candidates}
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     info = read_json(args.out / "run.json")
-    atomic_write_json(args.out / "run.json", {**info, "selection": {"by": ".".join(SELECT_BY), "steps": trace}})
+    atomic_write_json(args.out / "run.json", {**info, "selection": {"by": ".".join(CHOOSE_BY), "steps": trace}})
     print(selection_table(trace))
     v, t = metrics["valid"]["full"]["ndcg@10"], metrics["test"]["full"]["ndcg@10"]
     print(f"{args.out}: {len(chosen)} members; valid full N@10 {v:.4f}, test full N@10 {t:.4f} "

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from training.catalogue import CATALOG, Run, alone_of, is_known, spec_of, student_label
+from training.catalogue import CATALOG, Run, alone_of, choice_score, is_known, spec_of, student_label
 from training.io import atomic_write_json, atomic_write_text
 from training.paper import TABLE2, TABLE3
 
@@ -169,7 +169,7 @@ def _row_order(name: str, names: list[str] | None, prefix: tuple[str, ...]) -> t
 def best_alone(runs, results, dataset: str) -> tuple[str, float] | None:
     """The student trained alone with the best mean validation full NDCG@10 on ``dataset``."""
     cells = _cells(runs, results)
-    scores = {n: statistics.fmean(m["valid"]["full"]["ndcg@10"] for m in ms)
+    scores = {n: statistics.fmean(choice_score(m) for m in ms)
               for (d, n), ms in cells.items() if d == dataset and n in ALONE}
     return max(scores.items(), key=lambda kv: kv[1]) if scores else None
 

@@ -49,6 +49,7 @@ from training.catalogue import (  # noqa: F401  (re-exported: the catalogue's na
     ModelSpec,
     Run,
     alone_of,
+    choice_score,
     is_known,
     is_student_row,
     plan,
@@ -132,15 +133,6 @@ def default_preset(device: str) -> str:
     return "paper" if gpu else "cpu"
 
 
-SERVED_METRIC = ("valid", "full", "ndcg@10")  # what chooses the served model: the ranking /recommend returns
-
-
-def served_score(metrics: dict[str, Any]) -> float:
-    """Validation NDCG@10 under the full ranking (every item, the user's history excluded)."""
-    split, proto, metric = SERVED_METRIC
-    return metrics[split][proto][metric]
-
-
 def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | None:
     """The finished student run of ``dataset`` with the best validation full NDCG@10, and why (one line).
 
@@ -149,7 +141,7 @@ def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | N
     cands = [r for r in results if r.dataset == dataset and r.layers is None and is_student_row(r.model)]
     if not cands:
         return None
-    score = {r: served_score(results[r]) for r in cands}
+    score = {r: choice_score(results[r]) for r in cands}
     best = max(cands, key=lambda r: (score[r], r.model, -r.seed))
     alone_row = alone_of(best.model)
     alone = [score[r] for r in cands if r.model == alone_row]
@@ -166,9 +158,8 @@ def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | N
     return best, line
 
 
-def export_best(results: dict[Run, dict], dataset: str, out: Path, export_out: Path) -> Path | None:
-    """Export the student with the best validation NDCG@10 on ``dataset``; returns the artifact dir."""
-    chosen = choose_served(results, dataset)
+def export_best(chosen: tuple[Run, str] | None, dataset: str, out: Path, export_out: Path) -> Path | None:
+    """Export ``chosen`` (``choose_served``'s run and reason for ``dataset``); returns the artifact dir."""
     if chosen is None:
         log.warning("no student was trained on %s: nothing to export", dataset)
         return None
@@ -379,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         results[run] = read_json(run.dir(args.out) / "metrics.json")
         report_runs.append(run)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    served = {ds: f"{c[0].name}/seed{c[0].seed}" for ds in datasets if (c := choose_served(results, ds))}
+    chosen = {ds: choose_served(results, ds) for ds in datasets}
+    served = {ds: f"{c[0].name}/seed{c[0].seed}" for ds, c in chosen.items() if c}
     report_dir = write_report(args.out, report_runs, results, datasets, preset=preset,
                               wall_time_s=time.time() - t_start, peak_rss_mb=peak_rss_mb,
                               negatives={n: load_or_create_negatives(d).sha256 for n, d in datasets.items()},
@@ -398,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{first}: the runs of this invocation, NDCG@10 (choices are made on validation)\n"
           + validation_table(shown, results, list(dict.fromkeys(r.name for r in shown))), flush=True)
     if not args.no_export and not args.report_only:
-        artifact = export_best(results, first, args.out, args.export_out)
+        artifact = export_best(chosen[first], first, args.out, args.export_out)
         if artifact:
             example = write_example_request(datasets[first], args.export_out)
             log.info("artifact ready to serve: %s  (python -m serving); a real user's request: %s", artifact, example)

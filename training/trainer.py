@@ -262,7 +262,7 @@ class Trainer:
             start, best, best_epoch, bad = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad"]
             history = list(state["history"])
             if state.get("select", "sampled") != cfg.select:  # a checkpoint chosen on the other protocol
-                best, best_epoch, bad = self._rescore(history)
+                best, bad = self._rescore(history, best_epoch)
             if self.is_main:
                 log.info("%s: resumed after epoch %d (best %s %.4f at epoch %d)", self.run_dir.name, start - 1,
                          self.select_key, best, best_epoch)
@@ -277,13 +277,12 @@ class Trainer:
                 if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                     val = self.validate()
                     row.update({f"valid_{k}": v for k, v in val.items()})
-                    if not self.task.selects(epoch):
-                        pass
-                    elif val[self.select_key] > best:
-                        best, best_epoch, bad = val[self.select_key], epoch, 0
-                        save_best(self.task.model, self.run_dir)
-                    else:
-                        bad += 1
+                    if self.task.selects(epoch):  # a warm-up epoch is logged, never kept nor counted
+                        if val[self.select_key] > best:
+                            best, best_epoch, bad = val[self.select_key], epoch, 0
+                            save_best(self.task.model, self.run_dir)
+                        else:
+                            bad += 1
                 row["epoch_time_s"] = round(time.time() - te, 2)
                 history.append(row)
                 _write_history(self.run_dir, history)
@@ -298,20 +297,16 @@ class Trainer:
             return {}
         return self._finish(best_epoch, time.time() - t0, history)
 
-    def _rescore(self, history: list[dict[str, Any]]) -> tuple[float, int, int]:
-        """(best, best epoch, validations since) from a resumed history under this run's ``select``: a
-        checkpoint written under the other protocol keeps its epochs, and the choice is made again. Epochs that
-        logged no value for it (older runs logged sampled only) cannot be chosen; the saved best weights stay
-        until a later epoch beats the best that can be read."""
+    def _rescore(self, history: list[dict[str, Any]], best_epoch: int) -> tuple[float, int]:
+        """(best, validations since) of a resumed history under this run's ``select``: the saved weights stay
+        those of ``best_epoch`` (chosen under the other protocol), now worth their value on this one (-inf when
+        that epoch logged none: older runs logged sampled only), so any later epoch that beats it replaces them."""
         key = f"valid_{self.select_key}"
-        scored = [(r[key], r["epoch"]) for r in history if key in r]
         if self.is_main:
             log.warning("%s: checkpoint chosen on another validation metric; %s decides from here on",
                         self.run_dir.name, key)
-        if not scored:
-            return -math.inf, 0, 0
-        best, best_epoch = max(scored, key=lambda t: (t[0], -t[1]))
-        return best, best_epoch, sum(1 for _, e in scored if e > best_epoch)
+        best = next((r[key] for r in history if r["epoch"] == best_epoch and key in r), -math.inf)
+        return best, sum(1 for r in history if r["epoch"] > best_epoch and key in r)
 
     def _finish(self, best_epoch: int, wall: float, history: list) -> dict[str, Any]:
         from safetensors.torch import load_model
