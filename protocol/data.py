@@ -32,6 +32,28 @@ SHA256: dict[str, str] = {
 MIN_ITEMS = 3  # leave-one-out needs at least one training item, a validation and a test target
 
 
+@dataclass(frozen=True)
+class SubsetSpec:
+    """A dataset derived from another by ``python -m training.data subset``: the ``top_items`` most interacted
+    items of ``source`` (ties: the smaller id), each user's sequence restricted to them in its order, users with
+    fewer than ``min_user`` of them dropped, items re-numbered 1..N in order of first appearance (the S3-Rec
+    convention). Deterministic: ``sha256`` is the file it must produce."""
+
+    source: str
+    top_items: int
+    min_user: int = 5
+    sha256: str | None = None
+
+
+# Named subsets, made on demand (``python -m training.data download NAME`` derives them from their source).
+# ``beauty-top1500``: the first run's dataset (`make run`): 6,036 users, 1,500 items, 59,702 actions, as cheap to
+# train as LastFM with 5.5x its users, so validation separates models that LastFM's 1,090 users cannot.
+SUBSETS: dict[str, SubsetSpec] = {
+    "beauty-top1500": SubsetSpec(source="beauty", top_items=1500, min_user=5,
+                                 sha256="730bac179a046f6f4b81d671e9c981c1bddcdd81b3d15fb34fdcc86b90689aa1"),
+}
+
+
 class DataError(Exception):
     """A dataset that cannot be used; the message names the file (and line) and what to do."""
 

@@ -2,6 +2,8 @@
 
     python -m training.data download beauty [--data-dir DIR]
     python -m training.data convert interactions.csv --name mylog [--user-col ...] [--item-core 5]
+    python -m training.data subset beauty --top-items 1500 --name beauty-top1500
+    python -m training.data download beauty-top1500   # a named subset: its source fetched, derived, sha256-checked
     python -m training.data info beauty     # counts, checksum, repeated items
 
 ``convert`` applies the paper's preprocessing (S3-Rec / SSI): interactions sorted by timestamp per
@@ -9,6 +11,12 @@ user, users with at least 5 interactions kept (optionally an iterative item k-co
 re-numbered 1..N in order of first appearance; it writes ``NAME.txt`` plus ``NAME_id_map.json``
 (``{"item_ids": [raw id of item 1, ...], "user_ids": [...]}``) so that served recommendations map
 back to your own ids.
+
+``subset`` derives a smaller dataset from one in the data folder (``protocol.data.SubsetSpec``): the N most
+interacted items, each user's sequence restricted to them, users with fewer than ``--min-user`` left dropped,
+items re-numbered. It writes ``NAME.txt``, ``NAME_id_map.json`` (the source's ids, composed with the source's own
+id map when it has one, so served ids are the source's) and ``NAME_source.json`` (source, its sha256, the
+parameters, the result's sha256). The same source and parameters always give the same file.
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ from protocol.data import (
     DATASET_FILES,
     DOWNLOAD_URL,
     SHA256,
+    SUBSETS,
     DataError,
     SequenceDataset,
     load_dataset,
@@ -38,10 +47,17 @@ from training.io import atomic_write_json, atomic_write_text
 
 
 def download(name: str, data_dir: Path, url: str | None = None) -> Path:
-    """Fetch a paper dataset and verify its sha256; the file is only moved into place when it matches."""
+    """Fetch a paper dataset and verify its sha256; the file is only moved into place when it matches. A named
+    subset (``SUBSETS``) is derived from its source, fetched first when missing, and checked against its sha256."""
+    spec = SUBSETS.get(name.lower())
+    if spec is not None:
+        source = DATASET_FILES.get(spec.source)
+        if source is None or not (data_dir / source).is_file():
+            download(spec.source, data_dir, url)
+        return subset(spec.source, name.lower(), data_dir, spec.top_items, spec.min_user, spec.sha256)
     file = DATASET_FILES.get(name.lower())
     if file is None:
-        raise DataError(f"no public download for {name!r}; known: {', '.join(DATASET_FILES)}")
+        raise DataError(f"no public download for {name!r}; known: {', '.join([*DATASET_FILES, *SUBSETS])}")
     url = url or DOWNLOAD_URL.format(file=file)
     target, tmp = data_dir / file, data_dir / f".{file}.part"
     expected = SHA256.get(file)
@@ -137,6 +153,54 @@ def convert(path: Path, name: str, data_dir: Path, user_col: str = "user", item_
     return out
 
 
+def subset(source: str, name: str, data_dir: Path, top_items: int, min_user: int = 5,
+           expected_sha256: str | None = None) -> Path:
+    """``source`` restricted to its ``top_items`` most interacted items -> ``NAME.txt`` (+ id map, + provenance).
+    Returns the written path; with ``expected_sha256``, a result that differs is discarded with an error."""
+    if top_items < 1 or min_user < 3:
+        raise DataError(f"subset {name!r}: --top-items must be >= 1 and --min-user >= 3 (leave-one-out), "
+                        f"got {top_items} and {min_user}")
+    ds = load_dataset(source, data_dir)
+    if name.lower() == ds.name.lower():
+        raise DataError(f"subset {name!r}: the name of its source; choose another --name")
+    counts = np.bincount(np.concatenate(ds.sequences), minlength=ds.num_items + 1)[1:]  # (N,) interactions per item
+    order = np.lexsort((np.arange(1, ds.num_items + 1), -counts))  # most interacted first, ties: smaller id
+    keep = np.zeros(ds.num_items + 1, dtype=bool)
+    keep[order[:top_items] + 1] = True
+    rows = [(u, s[keep[s]]) for u, s in zip(ds.users.tolist(), ds.sequences, strict=True)]
+    rows = [(u, s) for u, s in rows if len(s) >= min_user]
+    if not rows:
+        raise DataError(f"subset {name!r}: no user of {ds.path} keeps {min_user} of its {top_items} top items")
+    new_id: dict[int, int] = {}
+    lines = [f"{n} " + " ".join(str(new_id.setdefault(int(i), len(new_id) + 1)) for i in s)
+             for n, (_, s) in enumerate(rows, start=1)]
+    text = "\n".join(lines) + "\n"
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if expected_sha256 and digest != expected_sha256:
+        raise DataError(f"subset {name!r} of {ds.path} (sha256 {ds.sha256}): result sha256 {digest} differs from "
+                        f"the expected {expected_sha256}; is the source the published file? nothing written")
+    item_ids: list[Any] = list(new_id)  # source ids of items 1..N
+    user_ids: list[Any] = [u for u, _ in rows]
+    source_map = ds.path.with_name(f"{ds.path.stem}_id_map.json")
+    if source_map.is_file():  # the source's own raw ids, so that the subset serves the ids its source serves
+        raw = json.loads(source_map.read_text(encoding="utf-8"))
+        item_ids = [raw["item_ids"][i - 1] for i in item_ids]
+        if isinstance(raw.get("user_ids"), list) and len(raw["user_ids"]) == ds.num_users:
+            row_of = {u: r for r, u in enumerate(ds.users.tolist())}
+            user_ids = [raw["user_ids"][row_of[u]] for u in user_ids]
+    out = data_dir / f"{name}.txt"
+    atomic_write_text(out, text)
+    atomic_write_json(data_dir / f"{name}_id_map.json", {"item_ids": item_ids, "user_ids": user_ids})
+    atomic_write_json(data_dir / f"{name}_source.json", {
+        "source": ds.name, "source_path": str(ds.path), "source_sha256": ds.sha256, "top_items": top_items,
+        "min_user": min_user, "sha256": digest, "users": len(rows), "items": len(new_id),
+        "actions": sum(len(s) for _, s in rows)})
+    print(f"wrote {out}: {len(rows)} users, {len(new_id)} items, {sum(len(s) for _, s in rows)} actions "
+          f"(the {top_items} most interacted items of {ds.name}; dropped {ds.num_users - len(rows)} users with "
+          f"< {min_user} of them; sha256 {digest})")
+    return out
+
+
 def repeat_stats(ds: SequenceDataset) -> dict[str, Any]:
     """Repeated items: consecutive repeats (``12 12``), and evaluation targets the user already has in the
     input history (validation: ``s[-2]`` in ``s[:-2]``; test: ``s[-1]`` in ``s[:-1]``).
@@ -178,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                    "else ../shared/data beside the checkout when it exists, else ./data)")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("download", help="download a paper dataset and verify its sha256")
-    d.add_argument("name", choices=sorted(DATASET_FILES))
+    d.add_argument("name", choices=sorted([*DATASET_FILES, *SUBSETS]),
+                   help="a paper dataset, or a named subset (derived from its source, which is fetched if missing)")
     d.add_argument("--url", default=None, help="override the source URL (a mirror)")
     c = sub.add_parser("convert", help="convert raw interactions (CSV/TSV/JSONL) to the sequence format")
     c.add_argument("path", type=Path)
@@ -188,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--time-col", default="timestamp")
     c.add_argument("--min-user", type=int, default=5, help="keep users with at least this many interactions")
     c.add_argument("--item-core", type=int, default=0, help="iterative item k-core before the user filter (0: off)")
+    s = sub.add_parser("subset", help="derive a dataset from the N most interacted items of another")
+    s.add_argument("source", help="dataset in the data folder (beauty, toys, lastfm or any NAME)")
+    s.add_argument("--top-items", type=int, required=True, help="keep this many most interacted items")
+    s.add_argument("--min-user", type=int, default=5, help="keep users with at least this many of them")
+    s.add_argument("--name", required=True, help="dataset name (writes NAME.txt, NAME_id_map.json, NAME_source.json)")
     i = sub.add_parser("info", help="describe a dataset")
     i.add_argument("name")
     a = p.parse_args(argv)
@@ -197,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             download(a.name, data_dir, a.url)
         elif a.cmd == "convert":
             convert(a.path, a.name, data_dir, a.user_col, a.item_col, a.time_col, a.min_user, a.item_core)
+        elif a.cmd == "subset":
+            subset(a.source, a.name, data_dir, a.top_items, a.min_user)
         else:
             info(a.name, data_dir)
     except DataError as e:
