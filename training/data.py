@@ -189,12 +189,16 @@ def subset(source: str, name: str, data_dir: Path, top_items: int, min_user: int
             row_of = {u: r for r, u in enumerate(ds.users.tolist())}
             user_ids = [raw["user_ids"][row_of[u]] for u in user_ids]
     out = data_dir / f"{name}.txt"
-    atomic_write_text(out, text)
-    atomic_write_json(data_dir / f"{name}_id_map.json", {"item_ids": item_ids, "user_ids": user_ids})
-    atomic_write_json(data_dir / f"{name}_source.json", {
-        "source": ds.name, "source_path": str(ds.path), "source_sha256": ds.sha256, "top_items": top_items,
-        "min_user": min_user, "sha256": digest, "users": len(rows), "items": len(new_id),
-        "actions": sum(len(s) for _, s in rows)})
+    try:  # the id map and provenance first: NAME.txt, the file that makes the dataset exist, comes last
+        atomic_write_json(data_dir / f"{name}_id_map.json", {"item_ids": item_ids, "user_ids": user_ids})
+        atomic_write_json(data_dir / f"{name}_source.json", {
+            "source": ds.name, "source_path": str(ds.path), "source_sha256": ds.sha256, "top_items": top_items,
+            "min_user": min_user, "sha256": digest, "users": len(rows), "items": len(new_id),
+            "actions": sum(len(s) for _, s in rows)})
+        atomic_write_text(out, text)
+    except OSError as e:
+        raise DataError(f"{data_dir}: cannot write subset {name!r} there ({e.strerror}); copy {ds.path.name} to a "
+                        "writable folder and pass it as --data-dir (or SSI_DATA_DIR)") from None
     print(f"wrote {out}: {len(rows)} users, {len(new_id)} items, {sum(len(s) for _, s in rows)} actions "
           f"(the {top_items} most interacted items of {ds.name}; dropped {ds.num_users - len(rows)} users with "
           f"< {min_user} of them; sha256 {digest})")

@@ -70,3 +70,13 @@ def test_a_named_subset_is_derived_from_its_source_by_download(folder: Path, mon
 def test_the_first_runs_subset_is_declared_with_its_checksum() -> None:
     spec = SUBSETS["beauty-top1500"]
     assert (spec.source, spec.top_items, spec.min_user) == ("beauty", 1500, 5) and len(spec.sha256 or "") == 64
+
+
+def test_a_folder_it_cannot_write_is_a_clear_error(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(path: Path, *_: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("training.data.atomic_write_json", refuse)
+    with pytest.raises(DataError, match="cannot write subset 'ro'.*Permission denied"):
+        subset("src", "ro", folder, top_items=3, min_user=4)
+    assert not (folder / "ro.txt").exists()
