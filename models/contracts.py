@@ -3,6 +3,7 @@
 ``ServableEncoder`` is every registered model (``models.MODELS``): students, teachers and baselines.
 ``Student`` adds what self-supervised imitation needs (the output item table, the default loss and
 the kind of training examples); ``WindowStudent`` / ``PrefixStudent`` are the two kinds.
+``ConsistencyBackbone`` is a prefix student that SSI's consistency tasks can train as a teacher.
 
 The protocols are ``runtime_checkable``: ``isinstance(model, Student)`` checks that every member is
 present (not the signatures), and ``tests/students/test_contract.py`` checks every class of
@@ -81,9 +82,33 @@ class PrefixStudent(Student, Protocol):
     """``training_examples == "prefixes"``; its config has ``max_len`` and ``num_negatives``."""
 
     def sequence_output(self, history: torch.Tensor) -> torch.Tensor:
-        """(B, L) left-padded -> (B, L, D) aligned with the input: column t = the query after item t
-        (``encode`` of the prefix ending at t); padding columns are zero."""
+        """(B, L) left-padded -> (B, L, D) aligned with the input: column t = the query after item t, from items
+        up to t only (GRU4Rec: ``encode`` of the prefix ending at t; SASRec: the same but for its right-aligned
+        positions); the last column is ``encode``'s query; padding columns are zero."""
         ...
+
+
+@runtime_checkable
+class ConsistencyBackbone(PrefixStudent, Protocol):
+    """A causal teacher backbone (``training.teachers.NextItemTeacherTask``): trained like a prefix student
+    (cross-entropy on every next item), plus the hidden states that SSI's consistency tasks read (column -1:
+    the last token, [INT] for temporal/persona). Its config is a ``TokenConfig`` with ``special_tokens=2``."""
+
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-padded tokens (items, [MASK], [INT]), L <= config.max_len -> (B, L, d)."""
+        ...
+
+
+@runtime_checkable
+class TokenConfig(Protocol):
+    """The config of a ``ConsistencyBackbone``: token rows after the items for the consistency tasks."""
+
+    num_items: int
+    max_len: int
+    dim: int  # d: the hidden size the task heads read
+    special_tokens: int  # 0 (none) or 2 ([MASK] = N + 1, [INT] = N + 2), never part of item_vectors()
+    mask_token: int
+    int_token: int
 
 
 @runtime_checkable
@@ -121,5 +146,5 @@ def missing(obj: object, protocol: type) -> list[str]:
     return [f"{protocol.__name__}.{n}" for n in dict.fromkeys(names) if not hasattr(obj, n)]
 
 
-__all__ = ["ExampleKind", "LossName", "PrefixStudent", "ServableEncoder", "Student", "StudentConfig", "Teacher",
-           "WindowConfig", "WindowStudent", "missing", "student_problems"]
+__all__ = ["ConsistencyBackbone", "ExampleKind", "LossName", "PrefixStudent", "ServableEncoder", "Student",
+           "StudentConfig", "Teacher", "TokenConfig", "WindowConfig", "WindowStudent", "missing", "student_problems"]

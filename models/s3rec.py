@@ -34,11 +34,8 @@ from models.sasrec import SASRec, SASRecConfig
 
 @dataclass
 class S3RecConfig(SASRecConfig):
-    """SASRec's sizes (S3-Rec pre-trains and fine-tunes the same encoder); presets are SASRec's."""
-
-    @property
-    def mask_token(self) -> int:
-        return self.num_items + 1
+    """SASRec's sizes (S3-Rec pre-trains and fine-tunes the same encoder); presets are SASRec's.
+    ``mask_token`` (N + 1) is SASRecConfig's."""
 
 
 class S3Rec(SASRec):

@@ -25,6 +25,12 @@ depend on how much padding a batch has.
 
 Servable contract: ``encode(history)`` is the last position's hidden state, ``item_vectors()`` the
 item table without padding/special rows; ``encode(h) @ item_vectors().T == forward(h)``.
+
+Prefix contract (``models.contracts.PrefixStudent``): causal attention scores every prefix in one pass
+(``sequence_output``, column t from items up to t only), the same examples GRU4Rec trains on,
+so the next-item teacher task (``training.teachers``, ``--backbone sasrec``) trains SASRec-CE with SSI's
+consistency tasks. ``special_tokens=2`` adds the [MASK] (N+1) and [INT] (N+2) rows those tasks need; they are
+never part of the item table. Configs saved before these fields existed load with their defaults (0: none).
 """
 from __future__ import annotations
 
@@ -62,6 +68,8 @@ class SASRecConfig(ModelConfig):
     dropout: float = 0.5  # embeddings and residual branches
     attn_dropout: float = 0.5  # attention probabilities
     init_std: float = 0.02  # normal init, as the S3-Rec code
+    special_tokens: int = 0  # token rows after the items: 2 = [MASK], [INT] for SSI's consistency tasks
+    num_negatives: int = 3  # sampled negatives per target when trained with BPR as a student (not its loss)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,7 +77,16 @@ class SASRecConfig(ModelConfig):
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.max_len < 2:
             raise ValueError(f"max_len must be >= 2, got {self.max_len}")
+        if self.special_tokens not in (0, 2):
+            raise ValueError(f"special_tokens must be 0 or 2 ([MASK], [INT]), got {self.special_tokens}")
 
+    @property
+    def mask_token(self) -> int:
+        return self.num_items + 1
+
+    @property
+    def int_token(self) -> int:
+        return self.num_items + 2
 
 
 def attention_mask(tokens: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -90,12 +107,15 @@ class SASRec(nn.Module):
     config_class = SASRecConfig
     fixed_length = False
     uses_user = False
+    default_loss = "ce"  # as a student: softmax cross-entropy over all items (the sasrec_ce baseline's loss)
+    training_examples = "prefixes"  # every prefix of a sequence in one pass (sequence_output)
     num_special_tokens: ClassVar[int] = 0  # extra token rows after the items (S3-Rec adds [MASK])
 
     def __init__(self, config: SASRecConfig):
         super().__init__()
         self.config = c = config
-        self.tok_emb = nn.Embedding(c.num_items + 1 + self.num_special_tokens, c.dim, padding_idx=0)
+        extra = max(self.num_special_tokens, c.special_tokens)  # [MASK] = N + 1 in both, then [INT]
+        self.tok_emb = nn.Embedding(c.num_items + 1 + extra, c.dim, padding_idx=0)
         self.pos_emb = nn.Embedding(c.max_len, c.dim)
         self.emb_ln = nn.LayerNorm(c.dim)
         self.drop = nn.Dropout(c.dropout)
@@ -153,6 +173,14 @@ class SASRec(nn.Module):
     def scores(self, history: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N) next-item logits (``forward``)."""
         return self.forward(history)
+
+    # ---- prefix training (models.contracts.PrefixStudent) ----------------------------------------
+    def sequence_output(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-padded, L <= max_len -> (B, L, d): column t = the query after item t, from items up to t
+        only (causal attention); padding columns are zero. The last column is ``encode``'s query; an earlier
+        column differs from ``encode`` of its prefix by its position embeddings (right-aligned to the whole row),
+        exactly as SASRec trains every position (``training.baselines.NextItemTask``)."""
+        return self.hidden_states(history) * (history > 0).unsqueeze(-1).to(self.tok_emb.weight.dtype)
 
     def extra_repr(self) -> str:
         c = self.config

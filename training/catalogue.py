@@ -23,6 +23,14 @@ PAPER_TEACHERS = tuple(f"teacher_{v}" for v in TEACHER_VARIANTS)
 GRU_TEACHERS = tuple(f"teacher_gru_{v}@{k}" for k, v in enumerate(TEACHER_VARIANTS))
 # plain GRU4Rec (CE) runs on the same three seeds: the GRU teachers without their consistency task
 PLAIN_GRU_TEACHERS = ("gru4rec@0", "gru4rec@1", "gru4rec@2")
+# the same tasks on SASRec-CE (the sasrec_ce recipe): the three task teachers on seeds + 0, 1, 2, and the plain
+# sasrec_ce runs on those seeds, the control without a task. No student row names them: students are
+# compositions, e.g. hgn_ce--teacher_sas_temporal@0+teacher_sas_persona@1+teacher_sas_global@2 against
+# hgn_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2 (catalogue: "runs as compositions" below).
+SAS_TEACHERS = tuple(f"teacher_sas_{v}@{k}" for k, v in enumerate(TEACHER_VARIANTS))
+PLAIN_SAS_TEACHERS = ("sasrec_ce@0", "sasrec_ce@1", "sasrec_ce@2")
+# teacher row prefix -> backbone (training/teachers.py BACKBONES)
+TEACHER_BACKBONES = {"teacher_": "bert4rec", "teacher_gru_": "gru4rec", "teacher_sas_": "sasrec"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class ModelSpec:
     group: str  # baseline | teacher | ensemble | student | ablation | option
     mostpop: bool = False
     teacher: str | None = None  # bert4rec | temporal | persona | global
-    backbone: str = "bert4rec"  # a teacher's backbone: bert4rec (the paper's) | gru4rec
+    backbone: str = "bert4rec"  # a teacher's backbone: bert4rec (the paper's) | gru4rec | sasrec
     student: str | None = None  # hgn | gru4rec
     teachers: tuple[str, ...] = ()  # rows imitated by a student
     members: tuple[str, ...] = ()  # rows whose next-item distributions an ensemble averages
@@ -100,9 +108,8 @@ CATALOG: dict[str, ModelSpec] = {
     "sasrec_ce": ModelSpec("baseline", baseline="sasrec_ce"),
     "s3rec": ModelSpec("baseline", baseline="s3rec"),
     "grec": ModelSpec("baseline", baseline="grec"),
-    **{f"teacher_{v}": ModelSpec("teacher", teacher=v, all_seeds=False) for v in TEACHER_VARIANTS},
-    **{f"teacher_gru_{v}": ModelSpec("teacher", teacher=v, backbone="gru4rec", all_seeds=False)
-       for v in TEACHER_VARIANTS},
+    **{f"{prefix}{v}": ModelSpec("teacher", teacher=v, backbone=backbone, all_seeds=False)
+       for prefix, backbone in TEACHER_BACKBONES.items() for v in TEACHER_VARIANTS},
     "ensemble_paper_teachers": ModelSpec("ensemble", members=PAPER_TEACHERS, all_seeds=False),
     "ensemble_gru_teachers": ModelSpec("ensemble", members=GRU_TEACHERS, all_seeds=False),
     "ensemble_gru4rec": ModelSpec("ensemble", members=PLAIN_GRU_TEACHERS, all_seeds=False),

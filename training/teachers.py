@@ -1,4 +1,5 @@
-"""SSI teachers: BERT4Rec trained with the cloze objective, alone or plus one consistency task (eq. 4).
+"""SSI teachers: BERT4Rec trained with the cloze objective, alone or plus one consistency task (eq. 4);
+or the same tasks on a causal backbone (GRU4Rec, SASRec-CE) trained with next-item cross-entropy.
 
 ``L = L_MLM + lambda * L_task`` with ``L_task`` one of temporal, persona or global-session consistency
 (``models/consistency.py``). The four variants: ``bert4rec`` (cloze only), ``temporal``, ``persona``,
@@ -13,10 +14,20 @@ the last item masked, exactly the inference situation). Samples are sharded over
 ``perm[r::world]``, padded to equal counts). Within a rank, windows of ``bucket_batches`` batches
 are sorted by length so that a batch is padded to its own longest sequence, not to ``max_len``.
 
-Teachers on a causal backbone (``--backbone gru4rec``, ``NextItemTeacherTask``): the same three tasks on
-GRU4Rec with [MASK]/[INT] tokens, whose main loss is cross-entropy on every next item (GRU4Rec's own
-objective) instead of the cloze. Not the paper's teacher: a stronger recommender to imitate on small
-data, where the cloze-trained BERT4Rec falls below the students it should teach (docs/results).
+Teachers on a causal backbone (``NextItemTeacherTask``): the same three tasks on a model with [MASK]/[INT]
+tokens whose main loss is cross-entropy on every next item instead of the cloze. Not the paper's teacher: a
+stronger recommender to imitate on small data, where the cloze-trained BERT4Rec falls below the students it
+should teach (docs/results). ``BACKBONES`` is the table of backbones (model class, trainer preset, the row of
+the same model trained alone); a causal backbone is any ``models.contracts.ConsistencyBackbone``:
+
+- ``--backbone gru4rec``: GRU4Rec; model and trainer presets of the GRU4Rec (CE) student (catalogue rows
+  ``teacher_gru_{temporal,persona,global}``).
+- ``--backbone sasrec``: SASRec-CE (causal self-attention); model presets (width, depth, dropout, history
+  length) and trainer presets (Adam lr 1e-3, batch 256, patience 10 at cpu/paper) of the ``sasrec_ce``
+  baseline (rows ``teacher_sas_{temporal,persona,global}``). Its examples are every prefix of every training
+  sequence (segments of ``max_len + 1`` items, as GRU4Rec's), where ``sasrec_ce`` takes each user's last
+  ``max_len + 1`` items once an epoch: the same targets wherever a sequence fits in one segment (Beauty, Toys),
+  more on long sequences (LastFM).
 
 Task accuracy (issue 26): every epoch's history holds ``train_task_acc`` (over the epoch's batches),
 ``train_task_chance``, and ``heldout_task_acc`` / ``heldout_task_chance`` / ``heldout_task_loss`` on a fixed
@@ -27,8 +38,8 @@ validated but neither selected nor counted against the patience).
 CLI (also under ``torchrun --nproc_per_node N -m training.teachers ...``)::
 
     python -m training.teachers --variant temporal --dataset beauty --preset cpu \
-        --out artifacts/runs/beauty/teacher-temporal [--backbone gru4rec] [--seed 42] [--fresh] [--data-dir DIR] \
-        [--set lr=5e-4]
+        --out artifacts/runs/beauty/teacher-temporal [--backbone {bert4rec,gru4rec,sasrec}] [--seed 42] [--fresh] \
+        [--data-dir DIR] [--set lr=5e-4] [--set epochs=5]
 """
 from __future__ import annotations
 
@@ -39,7 +50,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,11 +59,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
-from models.bert4rec import BERT4Rec, BERT4RecConfig
+from models.bert4rec import BERT4Rec
 from models.consistency import VARIANTS as TASKS
 from models.consistency import ConsistencyConfig, SequencePool, build_consistency
-from models.gru4rec import GRU4Rec, GRU4RecConfig
+from models.contracts import ConsistencyBackbone, TokenConfig, missing
+from models.gru4rec import GRU4Rec
+from models.sasrec import SASRec
 from protocol import (
     SequenceDataset,
     eval_examples,
@@ -61,6 +75,7 @@ from protocol import (
     pad_left,
     train_sequences,
 )
+from training.baselines import TRAIN_PRESETS as BASELINE_TRAIN_PRESETS
 from training.cli import init_distributed, parse_override
 from training.students import ImitationConfig, StudentTask
 from training.students import train_config as student_train_config
@@ -328,15 +343,20 @@ class TeacherTask(ConsistencyTeacher, TrainTask):
 class NextItemTeacherTask(ConsistencyTeacher, StudentTask):
     """An SSI teacher on a causal backbone: cross-entropy on every next item + lambda * a consistency loss.
 
-    The backbone is GRU4Rec with two extra tokens ([MASK], [INT]); its main objective is exactly the
-    GRU4Rec student's (every prefix scored in one pass, full softmax), so the teacher without its task is
-    the GRU4Rec (CE) baseline. The consistency task (``models/consistency.py``, unchanged) reads the
-    backbone's last hidden state, as it reads BERT4Rec's. The task sees each batch row's full training
-    segment (its inputs plus the last target) and the row's user (for persona's donors).
+    The backbone is any ``models.contracts.ConsistencyBackbone`` (GRU4Rec, SASRec) with two extra tokens
+    ([MASK], [INT]); its main objective is exactly the prefix student's (every prefix scored in one pass, full
+    softmax), so the teacher without its task is that model trained alone with cross-entropy. The consistency
+    task (``models/consistency.py``, unchanged) reads the backbone's last hidden state, as it reads BERT4Rec's.
+    The task sees each batch row's full training segment (its inputs plus the last target) and the row's user
+    (for persona's donors).
     """
 
-    def __init__(self, model: GRU4Rec, ds: SequenceDataset, batch_size: int, variant: str,
+    def __init__(self, model: ConsistencyBackbone, ds: SequenceDataset, batch_size: int, variant: str,
                  consistency: ConsistencyConfig):
+        problems = missing(model, ConsistencyBackbone) + missing(model.config, TokenConfig)
+        if problems:
+            raise TypeError(f"{type(model).__name__} is not a consistency backbone (models.contracts): "
+                            f"{', '.join(problems)}")
         super().__init__(model, ds, {}, ImitationConfig(use_kl=False, use_mse=False), "ce", batch_size,
                          teacher_width=model.config.max_len)
         if variant not in TASKS:
@@ -365,22 +385,44 @@ class NextItemTeacherTask(ConsistencyTeacher, StudentTask):
 
 
 # ---- building and training -------------------------------------------------------------------------
-Backbone = Literal["bert4rec", "gru4rec"]
-BACKBONES: tuple[str, ...] = ("bert4rec", "gru4rec")
+Backbone = Literal["bert4rec", "gru4rec", "sasrec"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One teacher backbone: its model class (presets: ``model.config_class``), whether it is trained with the
+    cloze (``TeacherTask``, the paper's) or causally (``NextItemTeacherTask``), the trainer preset of the same
+    model trained alone (``(preset, seed, progress) -> TrainConfig`` fields), the config fields that give it
+    the task tokens, and the catalogue row of that model trained alone (what the backbone is without a task)."""
+
+    model: type[nn.Module]
+    cloze: bool
+    train: Callable[[str, int, bool], dict[str, Any]]
+    tokens: dict[str, Any]
+    alone: str
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    # the paper's teacher: cloze (+ task); vocab already holds [MASK] and [INT]
+    "bert4rec": BackboneSpec(BERT4Rec, True, lambda preset, seed, progress: TRAIN_PRESETS[preset], {}, "bert4rec"),
+    # GRU4Rec (CE), the GRU4Rec student's trainer preset
+    "gru4rec": BackboneSpec(GRU4Rec, False, lambda preset, seed, progress: dataclasses.asdict(
+        student_train_config("gru4rec", preset, seed, progress)), {"special_tokens": 2}, "gru4rec"),
+    # SASRec-CE, the sasrec_ce baseline's trainer preset (training/baselines.py)
+    "sasrec": BackboneSpec(SASRec, False, lambda preset, seed, progress: dataclasses.asdict(
+        BASELINE_TRAIN_PRESETS[preset]), {"special_tokens": 2}, "sasrec_ce"),
+}
 
 
 @dataclass
 class TeacherSetup:
     """Everything a teacher run is built from. ``cloze`` is None on a causal backbone (next-item loss)."""
 
-    model: BERT4RecConfig | GRU4RecConfig
+    model: Any  # the backbone's config (``BACKBONES[backbone].model.config_class``)
     train: TrainConfig
     cloze: ClozeConfig | None
     consistency: ConsistencyConfig | None
-
-    @property
-    def backbone(self) -> str:
-        return "bert4rec" if isinstance(self.model, BERT4RecConfig) else "gru4rec"
+    backbone: str = "bert4rec"  # a key of BACKBONES
 
 
 def _fields(cls: type) -> set[str]:
@@ -392,9 +434,10 @@ def resolve_setup(variant: str, preset: str, num_items: int, seed: int = 42,
                   backbone: Backbone = "bert4rec") -> TeacherSetup:
     """Preset configs with ``overrides`` applied by field name (``max_len`` sets model and trainer).
 
-    ``backbone="bert4rec"``: the paper's teacher (cloze + task). ``"gru4rec"``: GRU4Rec with [MASK]/[INT]
-    tokens, trained with next-item cross-entropy on every prefix + task; the trainer preset is the
-    GRU4Rec student's (``training.students.train_config``), and the variant must be a task.
+    ``backbone="bert4rec"``: the paper's teacher (cloze + task). A causal backbone (``"gru4rec"``,
+    ``"sasrec"``): the model with [MASK]/[INT] tokens, trained with next-item cross-entropy on every prefix +
+    task; model and trainer presets are those of the same model trained alone (``BACKBONES``), and the
+    variant must be a task.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown teacher variant {variant!r}; expected one of {', '.join(VARIANTS)}")
@@ -402,40 +445,37 @@ def resolve_setup(variant: str, preset: str, num_items: int, seed: int = 42,
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     if backbone not in BACKBONES:
         raise ValueError(f"unknown teacher backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
-    causal = backbone == "gru4rec"
+    spec = BACKBONES[backbone]
+    causal = not spec.cloze
     if causal and variant == "bert4rec":
-        raise ValueError("a gru4rec teacher without a consistency task is the gru4rec baseline; pick a task")
+        raise ValueError(f"a {backbone} teacher without a consistency task is the {spec.alone} baseline; pick a task")
     overrides = dict(overrides or {})
     if "seed" in overrides or "num_items" in overrides:
         raise ValueError("seed and num_items are not overrides (use the seed argument; num_items comes from the data)")
-    model_cls = GRU4RecConfig if causal else BERT4RecConfig
-    targets = {"model": _fields(model_cls) - {"special_tokens"}, "train": _fields(TrainConfig),
+    model_cls = spec.model.config_class
+    targets = {"model": _fields(model_cls) - set(spec.tokens), "train": _fields(TrainConfig),
                "cloze": set() if causal else _fields(ClozeConfig),
                "consistency": _fields(ConsistencyConfig) if variant != "bert4rec" else set()}
     unknown = [k for k in overrides if not any(k in names for names in targets.values())]
     if unknown:
         raise ValueError(f"unknown override(s) {unknown}; fields: {sorted(set().union(*targets.values()))}")
     pick = {part: {k: v for k, v in overrides.items() if k in names} for part, names in targets.items()}
-    if causal:
-        model = GRU4RecConfig.preset(preset, num_items=num_items, special_tokens=2, **pick["model"])
-        base = dataclasses.asdict(student_train_config("gru4rec", preset, seed, progress))
-    else:
-        model = BERT4RecConfig.preset(preset, num_items=num_items, **pick["model"])
-        base = TRAIN_PRESETS[preset]
+    model = model_cls.preset(preset, num_items=num_items, **spec.tokens, **pick["model"])
+    base = spec.train(preset, seed, progress)
     train = TrainConfig(**{**base, "max_len": model.max_len, **pick["train"], "seed": seed, "progress": progress})
     if train.max_len != model.max_len:
         raise ValueError(f"max_len differs: model {model.max_len}, trainer {train.max_len}")
     cloze = None if causal else ClozeConfig(**pick["cloze"])
     consistency = ConsistencyConfig(**pick["consistency"]) if variant != "bert4rec" else None
-    return TeacherSetup(model, train, cloze, consistency)
+    return TeacherSetup(model, train, cloze, consistency, backbone)
 
 
 def build_teacher(variant: str, ds: SequenceDataset, setup: TeacherSetup) -> TeacherTask | NextItemTeacherTask:
     """A freshly initialised teacher task (seeded with ``setup.train.seed``)."""
     torch.manual_seed(setup.train.seed)
+    model = BACKBONES[setup.backbone].model(setup.model)
     if setup.cloze is None:
-        return NextItemTeacherTask(GRU4Rec(setup.model), ds, setup.train.batch_size, variant, setup.consistency)
-    model = BERT4Rec(setup.model)
+        return NextItemTeacherTask(model, ds, setup.train.batch_size, variant, setup.consistency)
     return TeacherTask(model, train_sequences(ds), setup.train.batch_size, setup.cloze, variant, setup.consistency,
                        heldout_ds=ds)
 
@@ -477,8 +517,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.teachers", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", required=True, choices=VARIANTS, help="teacher: cloze only or cloze + a consistency task")
-    p.add_argument("--backbone", default="bert4rec", choices=BACKBONES,
-                   help="bert4rec: the paper's cloze teacher (default); gru4rec: next-item CE on every prefix + the task")
+    p.add_argument("--backbone", default="bert4rec", choices=tuple(BACKBONES),
+                   help="bert4rec: the paper's cloze teacher (default); gru4rec / sasrec: GRU4Rec / SASRec-CE "
+                        "trained with next-item CE on every prefix + the task (presets of gru4rec / sasrec_ce)")
     p.add_argument("--dataset", required=True, help="beauty, toys, sports, lastfm, NAME (in the data folder) or a .txt path")
     p.add_argument("--preset", default="cpu", choices=PRESETS, help="model size and optimisation (default: cpu)")
     p.add_argument("--out", required=True, type=Path, help="run directory")

@@ -91,7 +91,9 @@ def student(request):
 # ---- the registry -----------------------------------------------------------------------------------
 def test_registry_has_every_model_and_the_students():
     assert set(NAMES) == {"bert4rec", "hgn", "gru4rec", "sasrec", "s3rec", "grec"}
-    assert STUDENTS == ["gru4rec", "hgn"]
+    # SASRec (and S3-Rec, its pre-trained form) scores every prefix in one causal pass: a prefix student, which
+    # is what lets it carry SSI's consistency tasks as a teacher backbone (training.teachers, --backbone sasrec)
+    assert STUDENTS == ["gru4rec", "hgn", "s3rec", "sasrec"]
 
 
 def test_a_missing_model_file_is_an_import_error():
@@ -163,16 +165,33 @@ def test_the_protocols_catch_a_missing_member():
 
     m = NoScores()
     assert not isinstance(m, ServableEncoder) and missing(m, ServableEncoder) == ["ServableEncoder.scores"]
-    sasrec = build("sasrec")  # servable, not a student
-    assert isinstance(sasrec, ServableEncoder) and not isinstance(sasrec, Student)
-    assert student_problems(sasrec)  # names what it lacks
+    grec = build("grec")  # servable, not a student
+    assert isinstance(grec, ServableEncoder) and not isinstance(grec, Student)
+    assert student_problems(grec)  # names what it lacks
     with pytest.raises(TypeError, match="student contract"):
         from training.students import example_scheme
 
-        example_scheme(sasrec)
+        example_scheme(grec)
 
 
 # ---- the numbers ------------------------------------------------------------------------------------
+def test_a_prefix_students_sequence_output_is_causal_and_ends_in_the_query(student):
+    """``sequence_output``: column t reads items up to t only (changing later items leaves it), the last column
+    is ``encode``'s query, padding columns are zero. (GRU4Rec's column t is exactly ``encode`` of the prefix;
+    SASRec's differs from it by its right-aligned positions, as SASRec trains.)"""
+    if student.training_examples != "prefixes":
+        pytest.skip("window student")
+    h = histories(student, 8)
+    later = h.clone()
+    later[:, -3:] = torch.where(h[:, -3:] > 0, h[:, -3:] % N_ITEMS + 1, 0)  # other items in the last 3 columns
+    with torch.no_grad():
+        out, moved = student.sequence_output(h), student.sequence_output(later)  # (4, 8, d)
+        torch.testing.assert_close(out[:, -1], student.encode(h), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[:, :-3], moved[:, :-3], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out[:, -1], moved[:, -1])
+    assert (out[h == 0] == 0).all()
+
+
 def test_shapes_and_inner_product_equals_own_scores(model):
     h, u = histories(model), users(model)
     with torch.no_grad():

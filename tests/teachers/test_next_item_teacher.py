@@ -1,36 +1,58 @@
-"""Consistency teachers on a causal GRU4Rec backbone (next-item CE + task), and the teacher ensemble."""
+"""Consistency teachers on the causal backbones (GRU4Rec, SASRec-CE: next-item CE + task), and the teacher
+ensemble. Every test of a backbone runs on each causal backbone of ``training.teachers.BACKBONES``."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from models.gru4rec import GRU4Rec, GRU4RecConfig
+from models.contracts import ConsistencyBackbone, TokenConfig
 from protocol import SequenceDataset, evaluate, load_or_create_negatives
+from training.baselines import TRAIN_PRESETS as BASELINE_TRAIN_PRESETS
 from training.ensemble import EnsembleScorer, evaluate_ensemble
 from training.runs import load_run_model
 from training.scoring import ContractScorer
 from training.students import FrozenTeacher
-from training.teachers import NextItemTeacherTask, build_teacher, resolve_setup, train_teacher
+from training.teachers import BACKBONES, NextItemTeacherTask, build_teacher, resolve_setup, train_teacher
+
+CAUSAL = [name for name, b in BACKBONES.items() if not b.cloze]
 
 
-def gru_task(ds: SequenceDataset, variant: str) -> NextItemTeacherTask:
-    setup = resolve_setup(variant, "smoke", ds.num_items, overrides={"batch_size": 16}, backbone="gru4rec")
+def test_the_causal_backbones() -> None:
+    assert CAUSAL == ["gru4rec", "sasrec"]
+
+
+def causal_task(ds: SequenceDataset, variant: str, backbone: str) -> NextItemTeacherTask:
+    setup = resolve_setup(variant, "smoke", ds.num_items, overrides={"batch_size": 16}, backbone=backbone)
     task = build_teacher(variant, ds, setup)
     assert isinstance(task, NextItemTeacherTask)
     return task
 
 
-def test_special_tokens_stay_out_of_the_item_table() -> None:
-    plain = GRU4Rec(GRU4RecConfig(num_items=30, dim=8, hidden=8))
-    ssi = GRU4Rec(GRU4RecConfig(num_items=30, dim=8, hidden=8, special_tokens=2)).eval()
-    assert ssi.item_emb.num_embeddings == plain.item_emb.num_embeddings + 2
-    assert ssi.item_vectors().shape == ssi.output_items().shape == (30, 8)
+@pytest.mark.parametrize("backbone", CAUSAL)
+def test_special_tokens_stay_out_of_the_item_table(backbone: str) -> None:
+    cls = BACKBONES[backbone].model
+    torch.manual_seed(0)
+    plain = cls(cls.config_class.preset("smoke", num_items=30))
+    ssi = cls(plain.config.replace(special_tokens=2)).eval()
+    d = ssi.config.dim
+    assert isinstance(ssi, ConsistencyBackbone) and isinstance(ssi.config, TokenConfig)
+    assert sum(p.numel() for p in ssi.parameters()) == sum(p.numel() for p in plain.parameters()) + 2 * d
+    assert ssi.item_vectors().shape == ssi.output_items().shape == (30, d)
+    assert (ssi.config.mask_token, ssi.config.int_token) == (31, 32)
     h = torch.tensor([[0, 3, 4, ssi.config.mask_token], [5, 6, 7, ssi.config.int_token]])
-    assert ssi.hidden_states(h).shape == (2, 4, 8)
-    assert torch.allclose(ssi(h[:, :3]), ssi.encode(h[:, :3]) @ ssi.item_vectors().T)
+    assert ssi.hidden_states(h).shape == (2, 4, d)
+    assert torch.allclose(ssi.scores(h[:, :3]), ssi.encode(h[:, :3]) @ ssi.item_vectors().T, atol=1e-5)
     with pytest.raises(ValueError, match="special_tokens"):
-        GRU4RecConfig(num_items=30, special_tokens=1)
+        cls.config_class(num_items=30, special_tokens=1)
+
+
+def test_a_model_without_task_tokens_is_not_a_causal_backbone(tiny_ds: SequenceDataset) -> None:
+    from models.bert4rec import BERT4Rec, BERT4RecConfig
+
+    with pytest.raises(TypeError, match="not a consistency backbone"):
+        NextItemTeacherTask(BERT4Rec(BERT4RecConfig.preset("smoke", num_items=tiny_ds.num_items)), tiny_ds, 16,
+                            "temporal", resolve_setup("temporal", "smoke", 100).consistency)
 
 
 def test_setup_rejects_a_plain_gru_teacher_and_foreign_fields() -> None:
@@ -45,9 +67,31 @@ def test_setup_rejects_a_plain_gru_teacher_and_foreign_fields() -> None:
     assert s.model.special_tokens == 2
 
 
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_a_sasrec_teacher_has_the_sasrec_ce_recipe(preset: str) -> None:
+    """Width, depth, dropout, history length and optimisation of the sasrec_ce baseline, plus [MASK]/[INT]."""
+    from models.sasrec import SASRecConfig
+
+    s = resolve_setup("temporal", preset, 100, seed=7, backbone="sasrec")
+    assert s.backbone == "sasrec" and s.cloze is None and s.model == SASRecConfig.preset(preset, num_items=100,
+                                                                                          special_tokens=2)
+    base = BASELINE_TRAIN_PRESETS[preset]
+    assert (s.train.lr, s.train.batch_size, s.train.patience, s.train.epochs, s.train.weight_decay) == \
+        (base.lr, base.batch_size, base.patience, base.epochs, base.weight_decay)
+    assert s.train.max_len == s.model.max_len and s.train.seed == 7
+    with pytest.raises(ValueError, match="sasrec_ce baseline"):
+        resolve_setup("bert4rec", preset, 100, backbone="sasrec")
+    with pytest.raises(ValueError, match="unknown override"):
+        resolve_setup("temporal", preset, 100, overrides={"special_tokens": 0}, backbone="sasrec")
+    tuned = resolve_setup("persona", preset, 100, overrides={"n_layers": 3, "dropout": 0.3, "lr": 5e-4}, backbone="sasrec")
+    assert (tuned.model.n_layers, tuned.model.dropout, tuned.train.lr) == (3, 0.3, 5e-4)
+
+
+@pytest.mark.parametrize("backbone", CAUSAL)
 @pytest.mark.parametrize("variant", ["temporal", "persona", "global"])
-def test_batches_carry_the_task_and_the_loss_has_both_terms(tiny_ds: SequenceDataset, variant: str) -> None:
-    task = gru_task(tiny_ds, variant)
+def test_batches_carry_the_task_and_the_loss_has_both_terms(tiny_ds: SequenceDataset, variant: str,
+                                                             backbone: str) -> None:
+    task = causal_task(tiny_ds, variant, backbone)
     batch = next(task.batches(1, np.random.default_rng(0), 0, 1))
     keys = {"task_input", "task_label"} if variant != "global" else {"global_masked", "global_segment"}
     assert keys <= set(batch)
@@ -56,25 +100,32 @@ def test_batches_carry_the_task_and_the_loss_has_both_terms(tiny_ds: SequenceDat
     assert torch.isclose(out["loss"], out["next_item"] + out[variant], atol=1e-5)  # weight 1 (eq. 4)
     out["loss"].backward()
     head = next(task.consistency.parameters())
-    assert head.grad is not None and task.model.item_emb.weight.grad is not None
+    assert head.grad is not None and all(p.grad is not None for p in task.model.parameters())
 
 
-def test_each_batch_row_is_one_users_segment(tiny_ds: SequenceDataset) -> None:
+@pytest.mark.parametrize("backbone", CAUSAL)
+def test_each_batch_row_is_one_users_segment(tiny_ds: SequenceDataset, backbone: str) -> None:
     """Persona draws donors other than the row's user: every row's examples must belong to one user."""
-    task = gru_task(tiny_ds, "persona")
+    task = causal_task(tiny_ds, "persona", backbone)
     for batch in task.batches(1, np.random.default_rng(1), 0, 1):
         ex = batch["example"].numpy()
         for row in ex:
             assert len(set(task.examples.teacher_users[row[row >= 0]].tolist())) == 1
 
 
-def test_gru_teacher_trains_end_to_end_and_serves_as_a_teacher(tiny_ds: SequenceDataset, tmp_path) -> None:
-    metrics = train_teacher("temporal", tiny_ds, "smoke", tmp_path / "t", seed=3, progress=False, backbone="gru4rec")
+@pytest.mark.parametrize("backbone", CAUSAL)
+def test_a_causal_teacher_trains_end_to_end_and_serves_as_a_teacher(tiny_ds: SequenceDataset, tmp_path,
+                                                                     backbone: str) -> None:
+    metrics = train_teacher("temporal", tiny_ds, "smoke", tmp_path / "t", seed=3, progress=False, backbone=backbone)
     assert metrics["test"]["sampled"]["ndcg@10"] > 0
+    for at in ("best", "last"):  # task accuracy and chance are recorded (issue 26)
+        task = metrics["task"][at]
+        assert 0 <= task["train_task_acc"] <= 1 and 0 <= task["heldout_task_acc"] <= 1
+        assert 0.5 <= task["train_task_chance"] <= 1 and 0.5 <= task["heldout_task_chance"] <= 1
     model, info = load_run_model(tmp_path / "t")
-    assert isinstance(model, GRU4Rec) and model.config.special_tokens == 2
-    assert info["teacher_backbone"] == "gru4rec" and info["cloze_config"] is None
-    teacher = FrozenTeacher.load("gru_temporal", tmp_path / "t", tiny_ds)
+    assert isinstance(model, BACKBONES[backbone].model) and model.config.special_tokens == 2
+    assert info["teacher_backbone"] == backbone and info["cloze_config"] is None
+    teacher = FrozenTeacher.load(f"{backbone}_temporal", tmp_path / "t", tiny_ds)
     assert teacher.dim == model.config.dim  # the MSE target is the whole tied table (no bias column to drop)
     assert teacher.item_table().shape == (tiny_ds.num_items, model.config.dim)
 
