@@ -37,7 +37,7 @@ from protocol.data import resolve_data_dir
 # that matches a rule names its stage. Order matters only between rules that match the same frame.
 STAGES: list[tuple[str, list[tuple[str, str]]]] = [
     ("encode (ONNX Runtime)", [("onnxruntime/", ""), ("serving/backends.py", "encode")]),
-    ("search / scoring (FAISS, numpy top-k)", [("faiss/", ""), ("serving/scoring.py", ""),
+    ("search / scoring (ONNX Runtime top-k, FAISS, numpy top-k)", [("faiss/", ""), ("serving/scoring.py", ""),
                                                ("serving/backends.py", "search"), ("serving/backends.py", "score"),
                                                ("serving/backends.py", "exact_topk"),
                                                ("serving/engine.py", "rank_candidates"),
@@ -68,10 +68,13 @@ STAGES: list[tuple[str, list[tuple[str, str]]]] = [
     ("event loop + asyncio", [("asyncio/", ""), ("uvloop", ""), ("uvicorn/", "")]),
 ]
 OTHER = "other"
+SEARCH = STAGES[1][0]
 
 
 def classify(stack: str) -> str:
-    """The stage of one collapsed stack (``frame;frame;...``, root first; a frame is ``func (path:line)``)."""
+    """The stage of one collapsed stack (``frame;frame;...``, root first; a frame is ``func (path:line)``). ONNX
+    Runtime runs both the encoder and, on the ``ort`` scoring path, the top-k: its frames under
+    ``serving/scoring.py`` are search."""
     frames = stack.split(";")
     for frame in reversed(frames):
         func, _, where = frame.partition(" (")
@@ -80,6 +83,8 @@ def classify(stack: str) -> str:
             for fragment, name in rules:
                 if fragment in where and (not name or func == name or (name.endswith("_") and func.startswith(name))
                                           or (name == "_" and func.startswith("_"))):
+                    if fragment == "onnxruntime/" and "serving/scoring.py" in stack:
+                        return SEARCH
                     return stage
     return OTHER
 

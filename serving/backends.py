@@ -1,7 +1,8 @@
 """Inference backends behind one small interface: ``encode`` (ONNX Runtime) and ``search`` / ``score``.
 
-- CPU: ORT ``CPUExecutionProvider`` with a small intra-op thread count + exact search by one BLAS matmul
-  per batch (``serving.scoring.MatmulSearcher``) or FAISS ``IndexFlatIP``, chosen per artifact by the
+- CPU: ORT ``CPUExecutionProvider`` with a small intra-op thread count + exact search by one matmul + top-k
+  per batch in ONNX Runtime (``serving.scoring.OrtSearcher``) or numpy (``MatmulSearcher``), or FAISS
+  ``IndexFlatIP``, chosen per artifact by the
   ``scoring`` setting (``serving.scoring.choose_scoring``), or the approximate index the artifact carries
   (``FaissArtifactSearcher``: IVF or HNSW built and measured at export, read with ``faiss.read_index``).
 - CUDA: ORT ``CUDAExecutionProvider`` (checked with ``session.get_providers()``, never assumed) +
@@ -30,7 +31,7 @@ import numpy as np
 
 from protocol import ann
 from serving.artifact import Artifact, ArtifactError
-from serving.scoring import MATMUL_MAX_ITEMS, MatmulSearcher, choose_scoring, settle_ties, topk
+from serving.scoring import MATMUL_MAX_ITEMS, MatmulSearcher, OrtSearcher, choose_scoring, settle_ties, topk
 
 log = logging.getLogger("serving.backends")
 FAISS_GPU_K_CAP = 2048
@@ -154,7 +155,7 @@ class IndexSpec:
     """How the CPU ranks the whole catalogue: ``artifact`` (the default) = the index the artifact carries (built
     and measured at export, read with ``faiss.read_index``; exact search when the artifact carries an exact one or
     none), ``flat`` = exact search whatever it carries; for exact search, the scoring path
-    (``serving.scoring.choose_scoring``: auto | matmul | faiss)."""
+    (``serving.scoring.choose_scoring``: auto | ort | matmul | faiss)."""
 
     kind: str = "artifact"
     scoring: str = "auto"
@@ -427,6 +428,12 @@ def _cpu_searcher(artifact: Artifact, threads: int, index: IndexSpec = IndexSpec
         except ImportError:
             log.warning("faiss is not installed; using exact numpy matmul search")
             return MatmulSearcher(items), f"faiss not installed: exact matmul; {where}"
+    if path == "ort":
+        try:
+            return OrtSearcher(items, threads), why
+        except ImportError:  # onnx (which builds the scoring graph) is not installed
+            log.warning("onnx is not installed; exact numpy matmul search instead of the ONNX Runtime top-k")
+            return MatmulSearcher(items), f"onnx not installed: exact numpy matmul; {where}"
     return MatmulSearcher(items), why
 
 

@@ -3,12 +3,14 @@
 When a batch goes (both modes; Triton's dynamic batcher with preferred sizes, plus idle dispatch):
 
 - at once when it holds ``max_batch_size`` requests, or one of the ``preferred_batch_sizes``;
-- **idle dispatch**: at once when the server is idle, i.e. the recent batches held a single request each
+- **idle dispatch**: at once when the server is idle, i.e. the recent batches held a single arrival each
   (their moving average, ``LOAD_EWMA`` over about five batches, is below ``BUSY_BATCH``: no concurrency
-  seen) or the last one ended more than ``IDLE_AFTER_DELAYS`` x ``max_queue_delay`` ago. A lone request
+  seen; an arrival is one ``enqueue`` call, so the requests of one ``/recommend/batch`` call count once:
+  they came together and say nothing about how soon the next request comes) or the last one ended more
+  than ``IDLE_AFTER_DELAYS`` x ``max_queue_delay`` ago. A lone request
   never waits for ``max_queue_delay``: its queue wait is the time to the next turn of the event loop
   (``loop``) or to the worker's wake-up (``thread``);
-- **under load** (recent batches held two or more requests on average, and the last one ended recently):
+- **under load** (recent batches held two or more arrivals on average, and the last one ended recently):
   when the oldest queued request has waited ``max_queue_delay``, unless a size above is reached first.
   Batches form only when requests overlap, and grow with the load; a moving average rather than the last
   batch alone, so that one batch of one under load does not switch the waiting off (measured: the last
@@ -22,7 +24,9 @@ When a batch goes (both modes; Triton's dynamic batcher with preferred sizes, pl
   the device without the GIL, and FAISS GPU indexes must stay on one thread.
 - ``LoopBatcher`` (mode ``loop``): the batch runs on the event-loop thread itself, at the end of the loop
   turn that queued its first request (every request that arrived in that turn joins), or later under load
-  as above. No thread hand-off, no GIL ping-pong and no cross-thread wake-up per batch: on a CPU backend,
+  as above; a lone request on an idle server with no other arrival for ``max(max_queue_delay,
+  EAGER_GAP_S)`` runs at once, inside its own handler (no loop turn, no future to wake: the usual case at
+  low rates). No thread hand-off, no GIL ping-pong and no cross-thread wake-up per batch: on a CPU backend,
   where the model work is a few hundred microseconds of CPU that would hold the GIL anyway, this is the
   faster mode (``python -m loadtest.bench`` measures both). Jobs run on a separate thread (ORT sessions
   and the CPU searchers are safe to call concurrently).
@@ -48,6 +52,7 @@ from serving.metrics import ServingMetrics
 
 log = logging.getLogger("serving.batching")
 IDLE_AFTER_DELAYS = 10  # idle again when the last batch ended this many max_queue_delays ago
+EAGER_GAP_S = 0.001  # loop mode: a lone request runs in its own handler when none arrived for max(delay, this)
 LOAD_EWMA = 0.2  # weight of the newest batch size in the moving average of batch sizes
 BUSY_BATCH = 1.5  # under load when that average is at least this
 
@@ -66,6 +71,7 @@ class _Pending:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
+    arrival: bool = True  # the first payload of its enqueue call (one HTTP request, even a /recommend/batch call)
 
 
 def _deliver(fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
@@ -109,7 +115,7 @@ class _Batcher:
         self.inference_count = 0  # requests executed
         self.execution_count = 0  # batches executed
         self.idle_dispatches = 0  # batches sent at once because the server was idle
-        self._load = 0.0  # moving average of executed batch sizes (LOAD_EWMA)
+        self._load = 0.0  # moving average of arrivals per executed batch (LOAD_EWMA)
         self._last_end = -math.inf  # when it ended (perf_counter)
         if metrics is not None:
             metrics.set_average_batch_size(lambda: self.average_batch_size)
@@ -146,7 +152,8 @@ class _Batcher:
         if len(self._queue) + len(payloads) > self.max_queue_size:
             raise QueueFullError(f"request queue is full ({len(self._queue)}/{self.max_queue_size})")
         loop = asyncio.get_running_loop()
-        return [_Pending(p, loop.create_future(), loop) for p in payloads]
+        now = time.perf_counter()
+        return [_Pending(p, loop.create_future(), loop, now, i == 0) for i, p in enumerate(payloads)]
 
     def _pop_batch(self) -> list[_Pending]:
         """Up to ``max_batch_size`` queued requests whose callers still wait. Call with the queue guarded."""
@@ -172,7 +179,7 @@ class _Batcher:
             results = [e] * len(batch)
         self.inference_count += len(batch)
         self.execution_count += 1
-        self._load += LOAD_EWMA * (len(batch) - self._load)
+        self._load += LOAD_EWMA * (sum(p.arrival for p in batch) - self._load)  # arrivals, not payloads
         self._last_end = time.perf_counter()
         if m is not None:
             m.inference_count.inc(len(batch))
@@ -315,6 +322,9 @@ class LoopBatcher(_Batcher):
         self._lock = threading.Lock()  # guards the queue against stop() from another thread
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._jobs: concurrent.futures.ThreadPoolExecutor | None = None
+        self._last_arrival = -math.inf  # when the last enqueue call came (perf_counter)
+        self._eager_gap = max(self.max_queue_delay_s, EAGER_GAP_S)
+        self.eager_dispatches = 0  # batches run at once in the enqueuing handler (a lone request, idle server)
 
     def start(self) -> None:
         with self._lock:
@@ -338,17 +348,28 @@ class LoopBatcher(_Batcher):
         return self._jobs is not None and not self._stopping
 
     def enqueue(self, payloads: Sequence[Any]) -> list[asyncio.Future]:
-        """Queue all ``payloads`` or none (QueueFullError). Call from the event loop."""
+        """Queue all ``payloads`` or none (QueueFullError). Call from the event loop.
+
+        A lone arrival on an idle server (nothing queued, no other request for ``max(max_queue_delay,
+        EAGER_GAP_S)``) runs here and now, in the caller's handler: its futures are done when this returns (no
+        loop turn, no wake-up). Requests that arrive in the same turn after it form the next batch."""
         with self._lock:
             items = self._admit(payloads)
             self._queue.extend(items)
             size = len(self._queue)
-        if items:
-            now = self.max_queue_delay_s <= 0 or self._size_reached(size)
-            if not now and size == len(items) and self._idle(items[0].enqueued):  # first of a batch, idle
-                now = True
-                self.idle_dispatches += 1
-            self._schedule(items[0].loop, now=now)
+        if not items:
+            return []
+        arrived = items[0].enqueued
+        gap, self._last_arrival = arrived - self._last_arrival, arrived
+        if size == len(items) and self._idle(arrived):  # first of a batch, idle
+            self.idle_dispatches += 1
+            if gap > self._eager_gap and self._flush_handle is None:
+                self.eager_dispatches += 1
+                self._flush(items[0].loop)
+            else:
+                self._schedule(items[0].loop, now=True)
+        else:
+            self._schedule(items[0].loop, now=self.max_queue_delay_s <= 0 or self._size_reached(size))
         return [i.future for i in items]
 
     def run_job(self, fn: Callable[[], Any]) -> concurrent.futures.Future:

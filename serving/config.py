@@ -42,12 +42,14 @@ class Settings(BaseSettings):
         "measured at export: exact up to its exact_max_items, else IVF/HNSW read with faiss.read_index, never "
         "rebuilt; /model shows it, its parameters and its recall@10 against exact); an artifact exported without "
         "one is served exactly; flat = exact search whatever the artifact carries")
-    scoring: Literal["auto", "matmul", "faiss"] = Field(
-        "auto", description="exact CPU top-k (index=flat, or an artifact whose index is exact): matmul = one BLAS matmul + partial top-k per batch, "
-        "faiss = FAISS IndexFlatIP per query; auto = matmul up to matmul_max_items items, faiss above (same "
-        "answers; serving/scoring.py, measured in loadtest/README.md). GPU backends keep their GPU index")
+    scoring: Literal["auto", "ort", "matmul", "faiss"] = Field(
+        "auto", description="exact CPU top-k (index=flat, or an artifact whose index is exact): ort = one matmul + "
+        "top-k per batch in ONNX Runtime (the item table packed once at load; needs the onnx package, else matmul), "
+        "matmul = the same in numpy (one BLAS matmul + partial top-k), faiss = FAISS IndexFlatIP per query; auto = "
+        "ort up to matmul_max_items items, faiss above (same answers; serving/scoring.py, measured in "
+        "loadtest/README.md). GPU backends keep their GPU index")
     matmul_max_items: int = Field(MATMUL_MAX_ITEMS, ge=0, description="scoring=auto: the largest catalogue "
-                                  "scored by matmul")
+                                  "scored by one matmul per batch (ort)")
     # Dynamic batching
     batching_mode: Literal["auto", "loop", "thread"] = Field(
         "auto", description="where batches run: loop = on the event-loop thread (fastest on CPU), thread = one "
@@ -81,6 +83,13 @@ class Settings(BaseSettings):
                                   "(larger: 431)")
     keep_alive_timeout_s: int = Field(5, ge=1, le=300, description="an idle kept-alive connection is closed after "
                                       "this many seconds")
+    coalesce_writes: bool = Field(
+        True, description="send each response's head and body in one write (one send call and one wake-up of the "
+        "client instead of two; python -m serving's HTTP protocol, serving/server.py)")
+    gc_freeze: bool = Field(
+        True, description="once the model is loaded and warmed (and after each reload), move every object the server "
+        "holds into the garbage collector's permanent generation (gc.freeze), so that its collections scan only what "
+        "requests create: a full collection of the loaded server scans ~90k objects (tens of ms) otherwise")
     # Operations
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     api_key: SecretStr | None = Field(

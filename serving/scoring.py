@@ -1,26 +1,29 @@
-"""Exact top-k scoring on the CPU: one BLAS matmul per batch (``MatmulSearcher``), and which path to use.
+"""Exact top-k scoring on the CPU: one matmul + top-k per batch, in ONNX Runtime (``OrtSearcher``) or numpy
+(``MatmulSearcher``), or FAISS; and which path to use.
 
-Two exact paths rank the whole catalogue by inner product:
+Three exact paths rank the whole catalogue by inner product:
 
-- ``matmul``: ``queries @ items.T`` for the whole batch in one BLAS call, then a partial top-k per row
-  (``topk``): the item table is read once per batch, whatever the batch size;
+- ``ort``: one ONNX Runtime call per batch of a small graph built at load (``scoring_graph``): ``MatMul`` with
+  the item table (a constant of the graph, packed once by ORT's MLAS GEMM), the excluded items set to -inf
+  (``ScatterElements``), ``TopK``. Needs the ``onnx`` package to build the graph (else ``matmul``);
+- ``matmul``: ``queries @ items.T`` for the whole batch in one numpy BLAS call, then a partial top-k per row
+  (``topk``): the item table is read (and, from two rows on, packed again by the BLAS) once per batch;
 - ``faiss``: FAISS ``IndexFlatIP``, which scans the table once per query below its BLAS threshold (20
   queries), and keeps a heap per query.
 
-Both give the same answer (``topk``'s rule: higher score first, ties by the smaller item id, at the k-th
-place too: ``FaissCpuSearcher`` fetches one more item, re-sorts its rows by the same rule and scores again
-the rare row whose k-th place is tied with what lies beyond, ``settle_ties``), so the choice is about speed
-only. It is made per artifact by ``choose_scoring`` from the
-``scoring`` setting: ``matmul`` or ``faiss`` as asked; ``auto`` (the default) takes ``matmul`` for a
-catalogue of at most ``matmul_max_items`` items (default 262,144) and FAISS above it, where the (batch, N)
-score matrix and the per-row partition get large. The threshold comes from the measurement in
-``loadtest/README.md`` (``python -m serving.scoring ARTIFACT`` repeats it on any machine): on a
-Beauty-size table (12,101 x 51), matmul + top-k against IndexFlatIP per batch of 1 / 8 / 32 queries, and on
-tables of 50,000 and 200,000 items. GPU backends keep their FAISS GPU (or torch) index, and
-an artifact that carries an approximate index (``index=artifact``, ``serving.backends.FaissArtifactSearcher``)
-is searched with it.
+All give the same answer (``topk``'s rule: higher score first, ties by the smaller item id, at the k-th
+place too: ONNX ``TopK`` puts the lower index first among equals; ``FaissCpuSearcher`` fetches one more item,
+re-sorts its rows by the same rule and scores again the rare row whose k-th place is tied with what lies
+beyond, ``settle_ties``); scores agree up to float32 rounding (the paths sum in different orders), so the
+choice is about speed only. It is made per artifact by ``choose_scoring`` from the ``scoring`` setting:
+``ort``, ``matmul`` or ``faiss`` as asked; ``auto`` (the default) takes ``ort`` for a catalogue of at most
+``matmul_max_items`` items (default 262,144) and FAISS above it, where the (batch, N) score matrix and the
+per-row selection get large. The measurements are in ``loadtest/README.md`` (``python -m serving.scoring
+ARTIFACT`` repeats them on any machine). GPU backends keep their FAISS GPU (or torch) index, and an artifact
+that carries an approximate index (``index=artifact``, ``serving.backends.FaissArtifactSearcher``) is
+searched with it.
 
-``/eval`` does not go through either: it scores every item (``Backend.score_all``) and ranks with the
+``/eval`` does not go through any of them: it scores every item (``Backend.score_all``) and ranks with the
 protocol's pessimistic ties, so its metrics do not depend on this choice.
 """
 from __future__ import annotations
@@ -212,13 +215,122 @@ class MatmulSearcher:
                 "ntotal": self.n, "topk": f"blocked ({BLOCK} items per block)"}
 
 
+SCORING_OPSET = 17  # ONNX opset of the scoring graph (TopK's tie rule and ScatterElements are as in opset 11+)
+
+
+def scoring_graph(items: np.ndarray) -> bytes:
+    """The ONNX model of ``OrtSearcher``: ``(query (B, D), exclude (B, E) int64, k (1,) int64) -> (scores (B, k),
+    ids (B, k))``. Column 0 of the table is a zero vector (padding, always excluded), column ``j`` item ``j``, so a
+    column index is an internal id. ``onnx`` only builds the graph; ONNX Runtime runs it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, d = items.shape
+    table = np.zeros((d, n + 1), dtype=np.float32)
+    table[:, 1:] = items.T
+    minus_inf = helper.make_tensor("minus_inf", TensorProto.FLOAT, [1], [-np.inf])
+    nodes = [
+        helper.make_node("MatMul", ["query", "items_t"], ["all_scores"]),
+        helper.make_node("Shape", ["exclude"], ["exclude_shape"]),
+        helper.make_node("ConstantOfShape", ["exclude_shape"], ["excluded_scores"], value=minus_inf),
+        helper.make_node("ScatterElements", ["all_scores", "exclude", "excluded_scores"], ["masked"], axis=1),
+        helper.make_node("TopK", ["masked", "k"], ["scores", "ids"], axis=1, largest=1, sorted=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "exact_top_k",
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT, ["batch", d]),
+         helper.make_tensor_value_info("exclude", TensorProto.INT64, ["batch", "excluded"]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "k"]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "k"])],
+        [numpy_helper.from_array(table, "items_t")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SCORING_OPSET)])
+    model.ir_version = 8  # readable by every onnxruntime the project supports (>= 1.19)
+    return model.SerializeToString()
+
+
+class OrtSearcher:
+    """Exact top-k in one ONNX Runtime call per batch: the matmul with the item table, the excluded items scored
+    -inf (``ScatterElements``), then ``TopK``, all in C++.
+
+    The item table is a constant of the graph, so ONNX Runtime's MLAS packs it for its GEMM once, at load
+    (numpy's BLAS packs the whole table again on every call of two rows or more). ``TopK`` returns ties in
+    index order (the ONNX rule: "the element with the lower index appears first"), which is ``topk``'s rule:
+    higher score first, ties by the smaller id, at the k-th place too. Measured against ``MatmulSearcher`` in
+    ``loadtest/README.md`` (``python -m serving.scoring ARTIFACT``). Needs the ``onnx`` package to build the
+    graph (``scoring_graph``); without it the backend falls back to ``MatmulSearcher``.
+
+    ``search_masked``: as ``MatmulSearcher``'s (rows may end in -inf entries, id 0 among them, when fewer than
+    k items are left; the caller drops them)."""
+
+    index_type = "exact-ort"
+    device = "cpu"
+    supports_mask = True
+
+    def __init__(self, items: np.ndarray, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        model = scoring_graph(items)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.run = self.session.run
+        self.items = items
+        self.n = len(items)
+        self.version = ort.__version__
+        self._k = {}  # k -> its (1,) int64 input, made once per k
+        self._none = np.zeros((1, 1), dtype=np.int64)  # one row, nothing excluded but the padding column 0
+
+    def _k_input(self, k: int) -> np.ndarray:
+        arr = self._k.get(k)
+        if arr is None:
+            arr = self._k[k] = np.array([k], dtype=np.int64)
+        return arr
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        b = len(queries)
+        return self._run(queries, k, self._none if b == 1 else np.zeros((b, 1), dtype=np.int64))
+
+    def search_masked(self, queries: np.ndarray, k: int, exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of each row with ``exclude[i]`` (internal ids) scored -inf."""
+        if len(exclude) == 1:
+            e = exclude[0]
+            if not len(e):
+                return self._run(queries, k, self._none)
+            ex = np.zeros((1, len(e) + 1), dtype=np.int64)
+            ex[0, 1:] = e
+            return self._run(queries, k, ex)
+        ex = np.zeros((len(exclude), 1 + max(map(len, exclude), default=0)), dtype=np.int64)
+        for i, e in enumerate(exclude):
+            ex[i, 1:1 + len(e)] = e  # the rest stays 0: the padding column, excluded anyway
+        return self._run(queries, k, ex)
+
+    def _run(self, queries: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        b = len(queries)
+        k = min(k, self.n)
+        if k <= 0 or b == 0:
+            return np.zeros((b, 0), dtype=np.float32), np.zeros((b, 0), dtype=np.int64)
+        q = queries if queries.dtype == np.float32 and queries.flags.c_contiguous else np.ascontiguousarray(
+            queries, dtype=np.float32)
+        scores, ids = self.run(None, {"query": q, "exclude": exclude, "k": self._k_input(k)})
+        return scores, ids
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.index_type, "library": f"onnxruntime {self.version}", "device": self.device,
+                "ntotal": self.n, "topk": "ONNX TopK (ties: lower index first)"}
+
+
 def choose_scoring(setting: str, num_items: int, max_items: int = MATMUL_MAX_ITEMS) -> tuple[str, str]:
-    """(``matmul`` | ``faiss``, why) for a CPU flat index, by the ``scoring`` setting and the catalogue size."""
-    if setting in ("matmul", "faiss"):
+    """(``ort`` | ``matmul`` | ``faiss``, why) for a CPU flat index, by the ``scoring`` setting and the catalogue
+    size."""
+    if setting in ("ort", "matmul", "faiss"):
         return setting, f"scoring={setting} (setting)"
     if num_items <= max_items:
-        return "matmul", (f"scoring=auto: {num_items} items <= matmul_max_items {max_items}, one BLAS matmul + "
-                          "top-k per batch")
+        return "ort", (f"scoring=auto: {num_items} items <= matmul_max_items {max_items}, one matmul + top-k per "
+                       "batch in ONNX Runtime")
     return "faiss", f"scoring=auto: {num_items} items > matmul_max_items {max_items}, FAISS IndexFlatIP"
 
 
@@ -240,8 +352,9 @@ def _median_us(fns: list[Any], reps: int) -> list[float]:
 
 def measure(items: np.ndarray, batch_sizes: tuple[int, ...] = (1, 8, 32), k: int = 10, reps: int = 200,
             seed: int = 0) -> list[dict[str, Any]]:
-    """Median microseconds per batch of matmul + top-k and of FAISS IndexFlatIP (1 thread) on ``items``, calls
-    interleaved, queries near item vectors (the table's own scale); also checks that both give the same top-k."""
+    """Median microseconds per batch of the three exact paths on ``items``, 1 thread, calls interleaved, queries
+    near item vectors (the table's own scale): ONNX Runtime (``OrtSearcher``), numpy matmul + top-k
+    (``MatmulSearcher``) and FAISS IndexFlatIP; also checks that they give the same top-k."""
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -249,22 +362,26 @@ def measure(items: np.ndarray, batch_sizes: tuple[int, ...] = (1, 8, 32), k: int
     index = faiss.IndexFlatIP(items.shape[1])
     index.add(items)
     mm = MatmulSearcher(items)
+    ort_searcher = OrtSearcher(items, threads=1)
     rows = []
     for b in batch_sizes:
         q = (items[rng.choice(len(items), size=b)] + 0.1 * rng.standard_normal((b, items.shape[1]))).astype(np.float32)
         a = mm.search(q, k)
         f_scores, f_rows = index.search(q, k)
-        same = bool((sort_rows(f_scores, f_rows.astype(np.int64) + 1)[1] == a[1]).all())
-        t_mm, t_faiss = _median_us([lambda q=q: mm.search(q, k), lambda q=q: index.search(q, k)], reps)
-        rows.append({"batch": b, "matmul_us": t_mm, "faiss_us": t_faiss, "faiss_over_matmul": t_faiss / t_mm,
-                     "same_topk": same})
+        same = bool((sort_rows(f_scores, f_rows.astype(np.int64) + 1)[1] == a[1]).all()
+                    and (ort_searcher.search(q, k)[1] == a[1]).all())
+        t_ort, t_mm, t_faiss = _median_us([lambda q=q: ort_searcher.search(q, k), lambda q=q: mm.search(q, k),
+                                           lambda q=q: index.search(q, k)], reps)
+        rows.append({"batch": b, "ort_us": t_ort, "matmul_us": t_mm, "faiss_us": t_faiss,
+                     "faiss_over_matmul": t_faiss / t_mm, "matmul_over_ort": t_mm / t_ort, "same_topk": same})
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.scoring",
-                                description="Measure matmul + top-k against FAISS IndexFlatIP on an artifact's item "
-                                            "table (or a random one), in process, 1 thread.")
+                                description="Measure the exact paths (ONNX Runtime matmul + TopK, numpy matmul + "
+                                            "top-k, FAISS IndexFlatIP) on an artifact's item table (or a random "
+                                            "one), in process, 1 thread.")
     p.add_argument("artifact", nargs="?", help="artifact folder (or a root with 'latest'); none: --random")
     p.add_argument("--random", default="", metavar="N,D", help="a random table of N items x D dims instead")
     p.add_argument("--batch", default="1,8,32", help="batch sizes (comma list)")
@@ -284,11 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(items, tuple(int(x) for x in args.batch.split(",")), args.k, args.reps)
     choice, why = choose_scoring("auto", len(items))
     print(f"item table {items.shape[0]} x {items.shape[1]}, k={args.k}, 1 thread, median of {args.reps}")
-    print("| batch | matmul + top-k (us) | FAISS IndexFlatIP (us) | FAISS / matmul | same top-k |")
-    print("|---|---|---|---|---|")
+    print("| batch | ONNX Runtime matmul + TopK (us) | numpy matmul + top-k (us) | FAISS IndexFlatIP (us) | "
+          "numpy / ORT | FAISS / numpy | same top-k |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['matmul_us']:.0f} | {r['faiss_us']:.0f} | {r['faiss_over_matmul']:.2f} | "
-              f"{r['same_topk']} |")
+        print(f"| {r['batch']} | {r['ort_us']:.0f} | {r['matmul_us']:.0f} | {r['faiss_us']:.0f} | "
+              f"{r['matmul_over_ort']:.2f} | {r['faiss_over_matmul']:.2f} | {r['same_topk']} |")
     print(f"auto picks: {choice} ({why})")
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import threading
 import time
@@ -75,6 +76,17 @@ class Service:
                                 self.metrics, preferred_batch_sizes=s.preferred_batch_sizes,
                                 idle_dispatch=s.idle_dispatch)
         self.batcher.start()
+        self._freeze(collect=True)
+
+    def _freeze(self, collect: bool) -> None:
+        """``gc_freeze``: what the server holds now (app, model, libraries) leaves the collector's generations, so
+        that its collections scan only the objects requests create (``gc.freeze``; reference counting still frees
+        a frozen object, e.g. the model a reload replaced). At start-up a full collection first; on reload not (it
+        would hold the event loop for tens of milliseconds)."""
+        if self.settings.gc_freeze:
+            if collect:
+                gc.collect()
+            gc.freeze()
 
     async def stop(self) -> None:
         if self.batcher is not None:
@@ -139,8 +151,10 @@ class Service:
             raise ServingError(503, "overloaded", f"{e}; retry shortly", headers={"Retry-After": RETRY_AFTER_S}) from None
         except BatcherStopped as e:
             raise ServingError(503, "shutting_down", str(e), headers={"Retry-After": RETRY_AFTER_S}) from None
-        # the deadline: one timer that fails what is still waiting (cheaper than wait_for + gather per request)
-        deadline = asyncio.get_running_loop().call_later(self.settings.request_timeout_s, _expire, futures)
+        # the deadline: one timer that fails what is still waiting (cheaper than wait_for + gather per request);
+        # none when the batcher ran the request at once (loop mode, idle server: its future is done already)
+        deadline = (None if futures[-1].done() else
+                    asyncio.get_running_loop().call_later(self.settings.request_timeout_s, _expire, futures))
         try:
             if len(futures) == 1:
                 return [await futures[0]]
@@ -155,7 +169,8 @@ class Service:
             log.exception("inference failed")
             raise ServingError(500, "inference_failed", "inference failed; see the server log") from None
         finally:
-            deadline.cancel()
+            if deadline is not None:
+                deadline.cancel()
 
     # ------------------------------------------------------------------ reload
     async def reload(self) -> ReloadResponse:
@@ -173,6 +188,7 @@ class Service:
         finally:
             self._reload_lock.release()
         self._install(new)
+        self._freeze(collect=False)
         self.metrics.reloads.labels(result="ok").inc()
         log.info("reloaded: %s -> %s", old.version, new.version)
         return ReloadResponse(reloaded=True, previous=old.version, model=new.version, path=artifact_display_name(new.artifact.path, self.settings),
@@ -194,7 +210,9 @@ class Service:
                          "preferred_batch_sizes": sorted(b.preferred_batch_sizes), "idle_dispatch": b.idle_dispatch,
                          "max_queue_size": b.max_queue_size, "queue_depth": b.depth,
                          "inference_count": b.inference_count, "execution_count": b.execution_count,
-                         "idle_dispatches": b.idle_dispatches, "average_batch_size": round(b.average_batch_size, 4)},
+                         "idle_dispatches": b.idle_dispatches,
+                         "eager_dispatches": getattr(b, "eager_dispatches", 0),
+                         "average_batch_size": round(b.average_batch_size, 4)},
             "limits": {"max_k": self.settings.max_k, "max_history_len": self.settings.max_history_len,
                        "max_candidates": self.settings.max_candidates,
                        "max_batch_requests": self.settings.max_batch_requests,

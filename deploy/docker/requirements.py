@@ -4,8 +4,9 @@ The Dockerfile installs the dependencies in their own layer, before the source i
 list (so a source change does not reinstall them). Profiles:
 
 - ``serve``: what ``python -m serving`` needs: the base dependencies minus the training/export-only
-  packages (torch, onnx, onnxscript, matplotlib, safetensors, tqdm), plus the chosen extra
-  (``cpu``: onnxruntime + faiss-cpu; ``gpu``: onnxruntime-gpu + faiss-gpu). The server never imports torch.
+  packages (torch, onnxscript, matplotlib, safetensors, tqdm), plus the chosen extra
+  (``cpu``: onnxruntime + faiss-cpu; ``gpu``: onnxruntime-gpu + faiss-gpu). The server never imports torch;
+  it imports ``onnx`` to build its scoring graph (``serving.scoring.OrtSearcher``), so onnx stays.
 - ``full``: every base dependency plus the extra (training, export and serving in one image).
 
 Usage: ``python deploy/docker/requirements.py pyproject.toml --extra cpu --profile serve``
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 # Packages only training and export import; the serving process does not need them.
-TRAIN_ONLY = frozenset({"torch", "onnx", "onnxscript", "matplotlib", "safetensors", "tqdm"})
+TRAIN_ONLY = frozenset({"torch", "onnxscript", "matplotlib", "safetensors", "tqdm"})
 
 
 def _name(requirement: str) -> str:

@@ -21,10 +21,13 @@ honoured, so the load generator's checks pass unchanged.
     python -m loadtest.baselines.floor --mode standalone --num-items 3646 --port 8101
 
 Settings for the app factory travel in environment variables (so ``--workers`` > 1 works):
-``SSI_FLOOR_NUM_ITEMS``, ``SSI_FLOOR_MODE``, ``SSI_FLOOR_JSON``.
+``SSI_FLOOR_NUM_ITEMS``, ``SSI_FLOOR_MODE``, ``SSI_FLOOR_JSON``. The ``serving`` mode with one worker and the default
+parser and loop runs under ``python -m serving``'s own HTTP server (``serving.server.uvicorn_config``), as ours does.
 """
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import os
 from typing import Any
 
@@ -194,7 +197,24 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     os.environ.update(SSI_FLOOR_NUM_ITEMS=str(args.num_items), SSI_FLOOR_MODE=args.mode,
                       SSI_FLOOR_JSON=args.json_mode)
+    if args.mode == "serving" and args.workers == 1 and args.http == "auto" and args.loop == "auto":
+        serve_as_ours(args)
+        return
     serve("loadtest.baselines.floor:create_app", args)
+
+
+def serve_as_ours(args: argparse.Namespace) -> None:
+    """The serving-mode floor under ``python -m serving``'s own HTTP server (``serving.server.uvicorn_config``: the
+    same protocol class, with its header deadline and one write per response), so that only the answer differs."""
+    import uvicorn
+
+    from serving.config import Settings
+    from serving.server import uvicorn_config
+
+    if args.host != "localhost" and not ipaddress.ip_address(args.host).is_loopback:
+        raise SystemExit(f"refusing to bind {args.host}: the reference servers listen on loopback only")
+    settings = Settings(host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.Server(uvicorn_config(create_app(args.num_items, "serving"), settings)).run()
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def test_loop_mode_under_load_waits_for_the_delay_then_idles_again(monkeypatch: 
         return time.perf_counter() - t0
 
     async def main() -> list[float]:
-        first = await timed(8)  # idle: at the end of the loop turn, all 8 in one batch (average size 1.6)
+        first = await timed(8)  # idle: the first runs at once in its handler, the 7 of the same turn together
+        # at the end of it (arrivals per batch 1 then 7: moving average 1.56, under load)
         loaded = await timed(1)  # recent batches held several: under load, waits for the delay
         await asyncio.sleep(0.9)  # > 3 x 0.2 s since that batch: idle again
         idle = await timed(1)
@@ -128,8 +129,33 @@ def test_loop_mode_under_load_waits_for_the_delay_then_idles_again(monkeypatch: 
         first, loaded, idle = run(main())
     finally:
         b.stop()
-    assert rec.sizes == [8, 1, 1]
+    assert rec.sizes == [1, 7, 1, 1]
     assert first < 0.15 and 0.15 <= loaded < 2.0 and idle < 0.15, (first, loaded, idle)
+    assert b.eager_dispatches == 2  # the first of the burst and the idle one
+
+
+def test_loop_mode_runs_a_lone_request_on_an_idle_server_in_its_own_handler() -> None:
+    """No loop turn for an isolated request: its future is done when enqueue returns; a request that arrives
+    right after it (within max(max_queue_delay, EAGER_GAP_S)) waits for the end of the turn as before."""
+    rec = Recorder()
+    b = LoopBatcher(rec, max_batch_size=32, max_queue_delay_s=0.2, max_queue_size=10)
+    b.start()
+
+    async def main() -> tuple[bool, bool, bool]:
+        (lone,) = b.enqueue([1])
+        done_at_once = lone.done()
+        (right_after,) = b.enqueue([2])  # within the gap: not run at once
+        pending = not right_after.done()
+        await right_after
+        await asyncio.sleep(0.25)  # > max(0.2 s, EAGER_GAP_S) since the last arrival, idle: at once again
+        (later,) = b.enqueue([3])
+        return done_at_once, pending, later.done()
+
+    try:
+        assert run(main()) == (True, True, True)
+    finally:
+        b.stop()
+    assert rec.sizes == [1, 1, 1] and b.eager_dispatches == 2 and b.idle_dispatches == 3
 
 
 def test_preferred_batch_size_goes_before_the_delay() -> None:
@@ -308,8 +334,9 @@ def test_loop_mode_batches_what_arrived_in_one_turn_on_the_loop_thread() -> None
     b.start()
 
     async def main() -> list:
-        first = await asyncio.gather(*(b.submit(i) for i in range(7)))  # one turn: one batch of 7
-        second = await b.submit(100)
+        # one turn: the first at once (an idle server's lone arrival), the 6 after it in one batch
+        first = await asyncio.gather(*(b.submit(i) for i in range(7)))
+        second = await b.submit(100)  # right after: at the end of its turn
         return first + [second]
 
     try:
@@ -317,12 +344,13 @@ def test_loop_mode_batches_what_arrived_in_one_turn_on_the_loop_thread() -> None
     finally:
         b.stop()
     assert out == [1, 2, 3, 4, 5, 6, 7, 101]
-    assert b.execution_count == 2 and b.average_batch_size == 4.0
-    assert threads == [threading.current_thread().name] * 2  # asyncio.run's thread: the loop's own
+    assert b.execution_count == 3 and b.inference_count == 8 and b.eager_dispatches == 1
+    assert threads == [threading.current_thread().name] * 3  # asyncio.run's thread: the loop's own
 
 
 def test_loop_mode_stop_fails_what_is_queued_and_refuses_new_work() -> None:
-    b = LoopBatcher(lambda p: list(p), max_batch_size=8, max_queue_delay_s=5.0, max_queue_size=10)
+    b = LoopBatcher(lambda p: list(p), max_batch_size=8, max_queue_delay_s=5.0, max_queue_size=10,
+                    idle_dispatch=False)
     b.start()
 
     async def main() -> object:

@@ -68,7 +68,7 @@ def test_exported_approximate_index_is_served_with_the_recall_its_manifest_recor
     assert index["type"] == "IndexIVFFlat" and index["factory"] == FACTORY and index["params"] == entry["params"]
     assert index["recall_at_10_vs_exact"] == entry["recall_at_10"] and index["recall_queries"] == entry["queries"]
     assert "not rebuilt" in index["loaded"]
-    assert exact.get("/model").json()["index"]["type"] == "exact-matmul"
+    assert exact.get("/model").json()["index"]["type"] == "exact-ort"
 
     # The held-out queries of the manifest: the odd positions of protocol.ann.query_rows, each user's test input.
     ds = load_dataset(DATASET, data_dir)
@@ -111,7 +111,7 @@ def test_artifact_without_an_index_entry_is_served_exactly(artifact_v1: Path) ->
     art = load_artifact(artifact_v1)
     assert art.index is None and art.index_path is None
     info = create_backend(art, "cpu", threads=1).describe()["index"]
-    assert info["type"] == "exact-matmul" and "records no index" in info["chosen_because"]
+    assert info["type"] == "exact-ort" and "records no index" in info["chosen_because"]
 
 
 def test_export_verify_measures_the_carried_index_against_its_manifest(exported: Path, data_dir: Path) -> None:

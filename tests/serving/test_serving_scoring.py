@@ -1,5 +1,6 @@
-"""Exact CPU scoring paths (serving/scoring.py): matmul + blocked top-k and FAISS give the same top-k, with the
-same tie rule, consistent with the protocol's pessimistic ranks; the path is chosen per artifact."""
+"""Exact CPU scoring paths (serving/scoring.py): ONNX Runtime (matmul + ScatterElements + TopK), numpy matmul +
+blocked top-k and FAISS give the same top-k, with the same tie rule, consistent with the protocol's pessimistic
+ranks; the path is chosen per artifact."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +14,7 @@ from serving.backends import FaissCpuSearcher, IndexSpec, create_backend
 from serving.scoring import (
     BLOCK,
     MatmulSearcher,
+    OrtSearcher,
     choose_scoring,
     measure,
     select_topk,
@@ -34,24 +36,30 @@ def tied_table(n: int, d: int, b: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return (rng.integers(-2, 3, size=(n, d)).astype(np.float32), rng.integers(-2, 3, size=(b, d)).astype(np.float32))
 
 
+EXACT = [MatmulSearcher, OrtSearcher]  # the two exact searchers that mask excluded items (no over-fetch)
+
+
+@pytest.mark.parametrize("searcher", EXACT)
 @pytest.mark.parametrize("n,b,k", [(40, 1, 5), (40, 6, 40), (3000, 1, 10), (3000, 8, 10), (3000, 32, 64),
-                                   (3000, 5, 300), (BLOCK * 100 + 3, 16, 7)])
-def test_matmul_top_k_equals_a_full_stable_sort_with_ties(n: int, b: int, k: int) -> None:
-    """Blocked (large catalogue, batch >= 4) and plain selection alike: ties by the smaller id, at the k-th place
-    too (a tie group straddling it keeps its smallest ids)."""
+                                   (3000, 5, 300), (BLOCK * 100 + 3, 16, 7), (17, 3, 50)])
+def test_matmul_top_k_equals_a_full_stable_sort_with_ties(searcher: type, n: int, b: int, k: int) -> None:
+    """Blocked (large catalogue, batch >= 4) and plain selection alike, and ONNX Runtime's TopK: ties by the smaller
+    id, at the k-th place too (a tie group straddling it keeps its smallest ids)."""
     items, queries = tied_table(n, 3, b, seed=n + b + k)
-    got = MatmulSearcher(items).search(queries, k)
+    got = searcher(items).search(queries, k)
     want = reference(queries @ items.T, min(k, n))
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
 
 
+@pytest.mark.parametrize("searcher", EXACT)
 @pytest.mark.parametrize("b", [1, 3, 12])
-def test_masked_search_leaves_out_excluded_items_without_over_fetch(b: int) -> None:
+def test_masked_search_leaves_out_excluded_items_without_over_fetch(searcher: type, b: int) -> None:
     items, queries = tied_table(2000, 4, b, seed=b)
     rng = np.random.default_rng(b)
     exclude = [rng.choice(2000, size=int(rng.integers(0, 300)), replace=True) + 1 for _ in range(b)]
-    _, ids = MatmulSearcher(items).search_masked(queries, 10, exclude)
+    exclude[0] = exclude[0][:0]  # a row that excludes nothing
+    _, ids = searcher(items).search_masked(queries, 10, exclude)
     full = queries @ items.T
     for r, e in enumerate(exclude):
         full[r, e - 1] = -np.inf
@@ -60,9 +68,10 @@ def test_masked_search_leaves_out_excluded_items_without_over_fetch(b: int) -> N
     assert all(not set(row) & set(e.tolist()) for row, e in zip(ids.tolist(), exclude))
 
 
-def test_masked_rows_with_fewer_items_left_than_k_end_in_minus_inf() -> None:
+@pytest.mark.parametrize("searcher", EXACT)
+def test_masked_rows_with_fewer_items_left_than_k_end_in_minus_inf(searcher: type) -> None:
     items, queries = tied_table(30, 2, 2, seed=0)
-    scores, ids = MatmulSearcher(items).search_masked(queries, 10, [np.arange(1, 26), np.zeros(0, dtype=np.int64)])
+    scores, ids = searcher(items).search_masked(queries, 10, [np.arange(1, 26), np.zeros(0, dtype=np.int64)])
     assert np.isfinite(scores[0]).sum() == 5 and set(ids[0][np.isfinite(scores[0])].tolist()) == set(range(26, 31))
     assert np.isfinite(scores[1]).all()
 
@@ -80,15 +89,18 @@ def test_faiss_and_matmul_give_the_same_top_k_with_ties(n: int, b: int, k: int) 
     np.testing.assert_array_equal(f[0], a[0])
 
 
-def test_faiss_and_matmul_agree_on_real_valued_tables() -> None:
-    """Float vectors: the two sum in different orders, so scores may differ in the last bits; the ids agree
+@pytest.mark.parametrize("other", ["faiss", "ort"])
+@pytest.mark.parametrize("b", [1, 32])
+def test_faiss_ort_and_matmul_agree_on_real_valued_tables(other: str, b: int) -> None:
+    """Float vectors: the paths sum in different orders, so scores may differ in the last bits; the ids agree
     except where two scores are that close."""
-    pytest.importorskip("faiss")
+    if other == "faiss":
+        pytest.importorskip("faiss")
     rng = np.random.default_rng(0)
     items = rng.standard_normal((12101, 51)).astype(np.float32)
-    queries = rng.standard_normal((32, 51)).astype(np.float32)
+    queries = rng.standard_normal((b, 51)).astype(np.float32)
     a = MatmulSearcher(items).search(queries, 10)
-    f = FaissCpuSearcher(items, threads=1).search(queries, 10)
+    f = (FaissCpuSearcher(items, threads=1) if other == "faiss" else OrtSearcher(items)).search(queries, 10)
     np.testing.assert_allclose(f[0], a[0], rtol=1e-5, atol=1e-5)
     differ = f[1] != a[1]
     assert not differ.any() or np.all(np.abs(np.diff(a[0], axis=1)).min() < 1e-4)
@@ -122,7 +134,8 @@ def test_select_topk_with_labels_and_sort_rows() -> None:
 
 
 def test_choose_scoring_rule() -> None:
-    assert choose_scoring("auto", 12_101)[0] == "matmul"
+    assert choose_scoring("auto", 12_101)[0] == "ort"
+    assert choose_scoring("ort", 10) == ("ort", "scoring=ort (setting)")
     assert choose_scoring("auto", 1_000_000)[0] == "faiss"
     assert choose_scoring("auto", 500, max_items=100)[0] == "faiss"
     assert choose_scoring("faiss", 10) == ("faiss", "scoring=faiss (setting)")
@@ -133,11 +146,31 @@ def test_backend_picks_the_path_per_artifact(artifact_v1: Path) -> None:
     art = load_artifact(artifact_v1)
     auto = create_backend(art, "cpu", threads=1)
     forced = create_backend(art, "cpu", threads=1, index=IndexSpec(scoring="auto", matmul_max_items=10))
-    assert auto.describe()["index"]["type"] == "exact-matmul" and auto.name == "ort-cpu+numpy-cpu"
+    assert auto.describe()["index"]["type"] == "exact-ort" and auto.name == "ort-cpu+onnxruntime-cpu"
     assert forced.describe()["index"]["type"] == "IndexFlatIP"
     assert "matmul_max_items 10" in forced.describe()["index"]["chosen_because"]
     q = auto.encode(np.ones((3, art.max_len), dtype=np.int64), np.zeros(3, dtype=np.int64))
     np.testing.assert_array_equal(auto.search(q, 10)[1], forced.search(q, 10)[1])
+    numpy_path = create_backend(art, "cpu", threads=1, index=IndexSpec(scoring="matmul"))
+    assert numpy_path.describe()["index"]["type"] == "exact-matmul" and numpy_path.name == "ort-cpu+numpy-cpu"
+    np.testing.assert_array_equal(auto.search(q, 10)[1], numpy_path.search(q, 10)[1])
+
+
+def test_ort_path_falls_back_to_numpy_without_onnx(artifact_v1: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnx builds the scoring graph; where it is not installed the numpy path answers, and /model says why."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnx(name: str, *args: object, **kwargs: object) -> object:
+        if name == "onnx" or name.startswith("onnx."):
+            raise ImportError("no onnx here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    backend = create_backend(load_artifact(artifact_v1), "cpu", threads=1)
+    info = backend.describe()["index"]
+    assert info["type"] == "exact-matmul" and info["chosen_because"].startswith("onnx not installed")
 
 
 def test_measure_reports_both_paths() -> None:
@@ -145,4 +178,4 @@ def test_measure_reports_both_paths() -> None:
     items = np.random.default_rng(0).standard_normal((2000, 8)).astype(np.float32)
     rows = measure(items, batch_sizes=(1, 4), reps=3)
     assert [r["batch"] for r in rows] == [1, 4]
-    assert all(r["same_topk"] and r["matmul_us"] > 0 and r["faiss_us"] > 0 for r in rows)
+    assert all(r["same_topk"] and r["matmul_us"] > 0 and r["faiss_us"] > 0 and r["ort_us"] > 0 for r in rows)

@@ -29,8 +29,8 @@ def test_model_describes_what_really_runs(client: TestClient) -> None:
     assert m["model"]["version"] == V1 and m["model"]["items"] == {"count": NUM_ITEMS, "dim": 13}
     assert m["model"]["metrics"]["test"]["full"]["ndcg@10"] >= 0
     assert m["encoder"]["providers"] == ["CPUExecutionProvider"]
-    # a 150-item catalogue: scoring=auto takes the matmul path, and /model says why
-    assert m["index"]["type"] == "exact-matmul" and m["device"] == "cpu"
+    # a 150-item catalogue: scoring=auto takes the matmul + top-k path in ONNX Runtime, and /model says why
+    assert m["index"]["type"] == "exact-ort" and m["device"] == "cpu"
     assert m["index"]["chosen_because"].startswith("scoring=auto: 150 items <= matmul_max_items")
     assert m["batching"]["idle_dispatch"] is True and m["batching"]["idle_dispatches"] >= 1
     assert m["batching"]["inference_count"] >= 1 and m["batching"]["average_batch_size"] >= 1
@@ -50,7 +50,7 @@ def test_metrics_cover_requests_errors_timings_and_batches(client: TestClient) -
         'ssi_requests_total{endpoint="/recommend",method="POST",status="422"} 1.0',
         'ssi_request_errors_total{endpoint="/recommend",status="422"} 1.0',
         "ssi_inference_count_total 3.0",
-        f'ssi_model_info{{backend="ort-cpu+numpy-cpu",name="tiny",version="{V1}"}} 1.0',
+        f'ssi_model_info{{backend="ort-cpu+onnxruntime-cpu",name="tiny",version="{V1}"}} 1.0',
         "ssi_queue_depth 0.0",
     ]:
         assert line in text, line
