@@ -62,3 +62,16 @@ def test_make_train_serves_the_best_student_on_validation_full_ranking(tmp_path)
     assert teacher["train_config"]["lr"] == 0.01 and teacher["train_config"]["epochs"] == 6
     request = json.loads((serving / "example_request.json").read_text())
     assert request["k"] == 5 and 0 < len(request["history"]) <= 10 and all(isinstance(i, int) for i in request["history"])
+
+
+def test_the_first_run_derives_its_named_subset_when_missing(tmp_path, monkeypatch):
+    """`python -m training.quickstart` on a named subset (the default's kind) derives it from its source first."""
+    from protocol.data import SUBSETS, SubsetSpec
+    from training.quickstart import QuickstartConfig, prepare_data
+
+    _tiny_dataset(tmp_path)
+    monkeypatch.setitem(SUBSETS, "tiny-top200", SubsetSpec(source="tiny", top_items=200, min_user=5))
+    monkeypatch.setattr("training.data.DATASET_FILES", {"tiny": "Tiny.txt"})
+    ds = prepare_data(QuickstartConfig(dataset="tiny-top200", data_dir=tmp_path))
+    assert ds.name == "tiny-top200" and ds.num_items == 200 and (tmp_path / "tiny-top200_id_map.json").is_file()
+    assert all(len(s) >= 5 for s in ds.sequences)

@@ -51,6 +51,10 @@ def download(name: str, data_dir: Path, url: str | None = None) -> Path:
     subset (``SUBSETS``) is derived from its source, fetched first when missing, and checked against its sha256."""
     spec = SUBSETS.get(name.lower())
     if spec is not None:
+        target = data_dir / f"{name.lower()}.txt"
+        if spec.sha256 and target.is_file() and sha256_file(target) == spec.sha256:
+            print(f"ok: {target} already present (sha256 {spec.sha256})")
+            return target
         source = DATASET_FILES.get(spec.source)
         if source is None or not (data_dir / source).is_file():
             download(spec.source, data_dir, url)

@@ -65,6 +65,9 @@ def test_a_named_subset_is_derived_from_its_source_by_download(folder: Path, mon
     monkeypatch.setitem(SUBSETS, "tiny-top3", SubsetSpec(source="src", top_items=3, min_user=4, sha256=expected))
     monkeypatch.setattr("training.data.DATASET_FILES", {"src": "src.txt"})
     assert sha256_file(download("tiny-top3", folder)) == expected
+    before = (folder / "tiny-top3.txt").stat().st_mtime_ns
+    download("tiny-top3", folder)  # present and checked: nothing rewritten
+    assert (folder / "tiny-top3.txt").stat().st_mtime_ns == before
 
 
 def test_the_first_runs_subset_is_declared_with_its_checksum() -> None:
