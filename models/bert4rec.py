@@ -65,14 +65,6 @@ class BERT4RecConfig(ModelConfig):
             raise ValueError(f"max_len must be >= 2 (history + [MASK]), got {self.max_len}")
 
     @property
-    def mask_token(self) -> int:
-        return self.num_items + 1
-
-    @property
-    def int_token(self) -> int:
-        return self.num_items + 2
-
-    @property
     def vocab_size(self) -> int:
         return self.num_items + 3  # padding, items, [MASK], [INT]
 

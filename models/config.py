@@ -39,6 +39,16 @@ class ModelConfig:
             raise ValueError(f"unknown preset {name!r} for {cls.__name__}; expected one of {', '.join(cls.PRESETS)}")
         return cls(**{**cls.PRESETS[name], **overrides})
 
+    @property
+    def mask_token(self) -> int:
+        """[MASK]'s token id: the first row after the items (BERT4Rec's cloze, the consistency tasks)."""
+        return self.num_items + 1
+
+    @property
+    def int_token(self) -> int:
+        """[INT]'s token id, after [MASK] (the temporal and persona tasks' interval token)."""
+        return self.num_items + 2
+
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied (checked again by ``__post_init__``)."""
         return dataclasses.replace(self, **changes)

@@ -42,14 +42,6 @@ class GRU4RecConfig(ModelConfig):
         if self.special_tokens not in (0, 2):
             raise ValueError(f"special_tokens must be 0 or 2 ([MASK], [INT]), got {self.special_tokens}")
 
-    @property
-    def mask_token(self) -> int:
-        return self.num_items + 1
-
-    @property
-    def int_token(self) -> int:
-        return self.num_items + 2
-
 
 def _positions(history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Column index (B, L), width L (B, 1) and lengths (B, 1), all as tensors so that an ONNX trace

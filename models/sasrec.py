@@ -80,14 +80,6 @@ class SASRecConfig(ModelConfig):
         if self.special_tokens not in (0, 2):
             raise ValueError(f"special_tokens must be 0 or 2 ([MASK], [INT]), got {self.special_tokens}")
 
-    @property
-    def mask_token(self) -> int:
-        return self.num_items + 1
-
-    @property
-    def int_token(self) -> int:
-        return self.num_items + 2
-
 
 def attention_mask(tokens: torch.Tensor, causal: bool) -> torch.Tensor:
     """(B, L) tokens -> (B, 1, L, L) bool, True where query i may attend to key j.
