@@ -24,9 +24,9 @@ When a batch goes (both modes; Triton's dynamic batcher with preferred sizes, pl
   the device without the GIL, and FAISS GPU indexes must stay on one thread.
 - ``LoopBatcher`` (mode ``loop``): the batch runs on the event-loop thread itself, at the end of the loop
   turn that queued its first request (every request that arrived in that turn joins), or later under load
-  as above; a lone request on an idle server with no other arrival for ``max(max_queue_delay,
-  EAGER_GAP_S)`` runs at once, inside its own handler (no loop turn, no future to wake: the usual case at
-  low rates). No thread hand-off, no GIL ping-pong and no cross-thread wake-up per batch: on a CPU backend,
+  as above; a lone request on an idle server with no other arrival and no batch end for
+  ``max(max_queue_delay, EAGER_GAP_S)`` runs at once, inside its own handler (no loop turn, no future to
+  wake: the usual case at low rates). No thread hand-off, no GIL ping-pong and no cross-thread wake-up per batch: on a CPU backend,
   where the model work is a few hundred microseconds of CPU that would hold the GIL anyway, this is the
   faster mode (``python -m loadtest.bench`` measures both). Jobs run on a separate thread (ORT sessions
   and the CPU searchers are safe to call concurrently).
@@ -350,9 +350,10 @@ class LoopBatcher(_Batcher):
     def enqueue(self, payloads: Sequence[Any]) -> list[asyncio.Future]:
         """Queue all ``payloads`` or none (QueueFullError). Call from the event loop.
 
-        A lone arrival on an idle server (nothing queued, no other request for ``max(max_queue_delay,
-        EAGER_GAP_S)``) runs here and now, in the caller's handler: its futures are done when this returns (no
-        loop turn, no wake-up). Requests that arrive in the same turn after it form the next batch."""
+        A lone arrival on an idle server (nothing queued, no other request and no batch end for
+        ``max(max_queue_delay, EAGER_GAP_S)``) runs here and now, in the caller's handler: its futures are done
+        when this returns (no loop turn, no wake-up). Requests that arrive in the same turn after it form the
+        next batch."""
         with self._lock:
             items = self._admit(payloads)
             self._queue.extend(items)
@@ -360,7 +361,10 @@ class LoopBatcher(_Batcher):
         if not items:
             return []
         arrived = items[0].enqueued
-        gap, self._last_arrival = arrived - self._last_arrival, arrived
+        # quiet since the last arrival and since the last batch ended: in a closed loop the next requests come
+        # right after the answers, so a gap that only the batcher's own wait made does not count
+        gap = arrived - max(self._last_arrival, self._last_end)
+        self._last_arrival = arrived
         if size == len(items) and self._idle(arrived):  # first of a batch, idle
             self.idle_dispatches += 1
             if gap > self._eager_gap and self._flush_handle is None:
