@@ -49,7 +49,7 @@ from loadtest.report import (
     parse_prometheus,
     wait_ready,
 )
-from loadtest.run import run_locust
+from loadtest.run import pin_command, run_locust
 from loadtest.settings import LoadtestSettings, add_flags, describe_error, from_args
 from loadtest.traffic import TrafficConfig, build_pool
 from protocol.artifact import MANIFEST, ArtifactError, read_manifest, resolve_latest
@@ -88,8 +88,9 @@ def exit_on_sigterm() -> None:
 class ManagedServer:
     """A server process started here and always stopped here (its own process group, SIGTERM then SIGKILL)."""
 
-    def __init__(self, spec: ServerSpec, log_dir: Path, ready_timeout: float = 180.0) -> None:
+    def __init__(self, spec: ServerSpec, log_dir: Path, ready_timeout: float = 180.0, cpus: str = "") -> None:
         self.spec = spec
+        self.cpus = cpus  # taskset CPU list for the server ('' = not pinned)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"server-{spec.name}.log"
@@ -102,6 +103,8 @@ class ManagedServer:
         env = {**os.environ, **self.spec.env, "SSI_HOST": "127.0.0.1", "SSI_PORT": str(self.port)}
         if self.spec.port_arg:
             cmd += [self.spec.port_arg, str(self.port)]
+        if self.cpus:
+            cmd = pin_command(cmd, self.cpus)  # taskset execs the server: the same pid
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self._log = log
@@ -484,7 +487,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"batch {c['batch_share']:.0%} x{c['batch_size']}, cold {c['cold_share']:.0%}); every answer checked. "
         f"Steps of {c['step_seconds']:.0f} s; p99 limit {c['p99_limit_ms']:.0f} ms; "
         f"moderate load {c['moderate_rate']:.0f} req/s for {c['moderate_seconds']:.0f} s; load generator "
-        + (f"pinned to CPU {c['loadgen_cpus']} (taskset)." if c.get("loadgen_cpus") else "not pinned.")),
+        + (f"pinned to CPU {c['loadgen_cpus']} (taskset)" if c.get("loadgen_cpus") else "not pinned")
+        + (f", servers to CPU {c['server_cpus']}." if c.get("server_cpus") else ".")),
         "",
         (f"| server | max req/s at p99 <= {c['p99_limit_ms']:.0f} ms | users | p50 / p99 there (ms) | "
          f"peak req/s (any p99) | p50 / p99 at {c['moderate_rate']:.0f} req/s (ms) | server CPU per request at "
@@ -625,6 +629,9 @@ class BenchSettings(LoadtestSettings):
     loadgen_cpus: str = Field(
         "auto", description="taskset CPU list for the load generator (locust), e.g. 0; auto = CPU 0 when the machine "
         "has 2 or more, so that it cannot take more than one core; empty = not pinned")
+    server_cpus: str = Field(
+        "auto", description="taskset CPU list for every server started here; auto = the CPUs the load generator is "
+        "not pinned to (when it is), so that neither takes the other's core; empty = not pinned")
     scaling: str = Field(
         "1,2", description="comma list of server process counts for the scaling table (our app under uvicorn "
         "--workers N, stepped through the user counts); empty = skip")
@@ -640,6 +647,22 @@ class BenchSettings(LoadtestSettings):
             return self.loadgen_cpus.strip()
         allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         return str(allowed[0]) if len(allowed) >= 2 else ""
+
+    def server_pinned_cpus(self) -> str:
+        """The CPU list the servers are pinned to ('' = not pinned): ``auto`` = the allowed CPUs the load
+        generator is not pinned to, when it is pinned (so that each gets its own cores)."""
+        if self.server_cpus != "auto":
+            return self.server_cpus.strip()
+        pin = self.pinned_cpus()
+        if not pin or not hasattr(os, "sched_getaffinity"):
+            return ""
+        taken = set()
+        for part in pin.split(","):
+            lo, _, hi = part.strip().partition("-")
+            if lo.isdigit():
+                taken |= set(range(int(lo), int(hi or lo) + 1))
+        rest = sorted(set(os.sched_getaffinity(0)) - taken)
+        return ",".join(map(str, rest))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -706,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     users = args.numbers(args.users)
     pin = args.pinned_cpus()
+    server_pin = args.server_pinned_cpus()
     results: dict[str, Any] = {"started": started, "servers": [], "notes": notes}
     results["config"] = {
         "cpus": os.cpu_count(), "artifact": str(artifact), "artifact_name": f"{manifest['model']['name']}/"
@@ -713,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         "dim": manifest["items"].get("dim"), "dataset": dataset, "step_seconds": args.step_seconds,
         "p99_limit_ms": args.p99_limit_ms, "moderate_rate": args.moderate_rate,
         "moderate_seconds": args.moderate_seconds, "lever_seconds": args.lever_seconds, "users": users,
-        "loadgen_cpus": pin,
+        "loadgen_cpus": pin, "server_cpus": server_pin,
         **{k: getattr(traffic, k) for k in ("k", "anonymous_share", "exclude_seen_share", "candidates_share",
                                              "batch_share", "batch_size", "cold_share")},
     }
@@ -727,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         log(f"{name}: starting {' '.join(spec.cmd)}")
         try:
-            with ManagedServer(spec, raw) as srv:
+            with ManagedServer(spec, raw, cpus=server_pin) as srv:
                 entry["startup_s"] = srv.startup_s
                 log(f"  ready in {srv.startup_s:.1f} s on {srv.url}; warm-up")
                 measure(srv, 4, 3, traffic, raw / f"{name}-warmup", loadgen_cpus=pin)
@@ -839,7 +863,7 @@ def run_batch_sweep(ours: ServerSpec, sizes: list[int], device: str, traffic: Tr
             env = {**ours.env, "SSI_BATCHING_MODE": mode, "SSI_MAX_BATCH_SIZE": str(size)}
             spec = ServerSpec(f"sweep-{mode}-b{size}", "", ours.cmd, env, None)
             try:
-                with ManagedServer(spec, raw) as srv:
+                with ManagedServer(spec, raw, cpus=args.server_pinned_cpus()) as srv:
                     measure(srv, 4, 2, traffic, raw / f"{spec.name}-warmup", loadgen_cpus=loadgen_cpus)
                     steps, best = step_users(srv, traffic, users, args.step_seconds, args.p99_limit_ms,
                                              raw / spec.name, log, loadgen_cpus)
@@ -868,7 +892,7 @@ def run_scaling(ours: ServerSpec, processes: list[int], traffic: TrafficConfig, 
         rows.append(row)
         spec = ServerSpec(f"scaling-w{n}", "", launcher + ["--workers", str(n)], ours.env)
         try:
-            with ManagedServer(spec, raw) as srv:
+            with ManagedServer(spec, raw, cpus=args.server_pinned_cpus()) as srv:
                 measure(srv, 4, 3, traffic, raw / f"{spec.name}-warmup", loadgen_cpus=loadgen_cpus)
                 steps, best = step_users(srv, traffic, users, args.step_seconds, args.p99_limit_ms, raw / spec.name,
                                          log, loadgen_cpus)
@@ -927,7 +951,7 @@ def run_levers(specs: dict[str, ServerSpec], artifact: Path, num_items: int, tra
             row["error"] = "skipped (time budget)"
             continue
         try:
-            with ManagedServer(spec, raw) as srv:
+            with ManagedServer(spec, raw, cpus=args.server_pinned_cpus()) as srv:
                 if lever == "default":  # name the defaults the server really runs with
                     row["setting"] = label = f"{label[:-1]}, {server_batching(srv.url)})"
                 measure(srv, 4, 2, t, raw / f"{spec.name}-lever-warmup", loadgen_cpus=loadgen_cpus)

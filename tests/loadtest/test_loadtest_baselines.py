@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,16 @@ def test_fastapi_mode_floor_answers_through_the_typed_routes() -> None:
     r = client.post("/recommend", json={"history": [1, 2, 3], "k": 4})
     assert r.status_code == 200 and r.json()["items"] == [4, 5, 6, 7] and r.json()["model"] == "floor"
     assert client.post("/recommend", json={"history": [1], "k": 0}).json()["error"] == "validation_error"
+
+
+def test_servers_are_pinned_to_the_cores_the_load_generator_leaves() -> None:
+    from loadtest.bench import BenchSettings
+
+    allowed = sorted(os.sched_getaffinity(0))
+    auto = BenchSettings()
+    if len(allowed) >= 2:
+        assert auto.pinned_cpus() == str(allowed[0])
+        assert auto.server_pinned_cpus() == ",".join(map(str, allowed[1:]))
+    assert BenchSettings(loadgen_cpus="").server_pinned_cpus() == ""  # load generator not pinned: servers neither
+    assert BenchSettings(server_cpus="").server_pinned_cpus() == ""
+    assert BenchSettings(server_cpus="1").server_pinned_cpus() == "1"
