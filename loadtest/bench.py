@@ -47,6 +47,7 @@ from loadtest.report import (
     histograms,
     metric_value,
     parse_prometheus,
+    read_resources,
     wait_ready,
 )
 from loadtest.run import pin_command, run_locust
@@ -163,15 +164,16 @@ class Step:
 
 
 class LoadgenSampler:
-    """The load generator's CPU (cores) while it runs: locust is a child process of this one, found by its command
-    line and sampled every ``interval`` seconds; the rate is taken over the last ``window`` seconds before it ended
-    (its start-up, imports and request pool, is left out)."""
+    """The load generator's CPU (cores) while it runs, and the server's over the same window: locust is a child
+    process of this one, found by its command line; both are sampled every ``interval`` seconds and the rates are
+    taken over the last ``window`` seconds before locust ended (its start-up, imports and request pool, when the
+    server idles, is left out of both)."""
 
-    def __init__(self, window: float, interval: float = 0.5) -> None:
+    def __init__(self, window: float, server_pid: int | None = None, interval: float = 0.5) -> None:
         import threading
 
-        self.window, self.interval = window, interval
-        self.samples: list[tuple[float, float]] = []  # (monotonic time, CPU seconds of locust and its children)
+        self.window, self.interval, self.server_pid = window, interval, server_pid
+        self.samples: list[tuple[float, float, float]] = []  # (monotonic time, locust CPU s, server CPU s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="loadgen-sampler")
 
@@ -196,7 +198,9 @@ class LoadgenSampler:
                 proc = proc if proc is not None and proc.is_running() else self._locust()
                 if proc is not None:
                     t = proc.cpu_times()
-                    self.samples.append((time.monotonic(), t.user + t.system + t.children_user + t.children_system))
+                    server = read_resources([self.server_pid], None) if self.server_pid else None
+                    self.samples.append((time.monotonic(), t.user + t.system + t.children_user + t.children_system,
+                                         server.cpu_seconds if server is not None else math.nan))
             except psutil.Error:
                 proc = None
             self._stop.wait(self.interval)
@@ -205,15 +209,18 @@ class LoadgenSampler:
         self._thread.start()
         return self
 
-    def stop(self) -> float:
-        """Cores used by the load generator over its last ``window`` seconds (nan when it was not seen)."""
+    def stop(self) -> tuple[float, float]:
+        """Cores used by the load generator and by the server over locust's last ``window`` seconds (nan when
+        locust was not seen)."""
         self._stop.set()
         self._thread.join(timeout=5)
         if len(self.samples) < 2:
-            return math.nan
-        t_end, cpu_end = self.samples[-1]
-        start = next(((t, c) for t, c in self.samples if t >= t_end - self.window), self.samples[0])
-        return (cpu_end - start[1]) / (t_end - start[0]) if t_end > start[0] else math.nan
+            return math.nan, math.nan
+        t_end, lg_end, srv_end = self.samples[-1]
+        t0, lg0, srv0 = next((x for x in self.samples if x[0] >= t_end - self.window), self.samples[0])
+        if t_end <= t0:
+            return math.nan, math.nan
+        return (lg_end - lg0) / (t_end - t0), (srv_end - srv0) / (t_end - t0)
 
 
 def measure(server: ManagedServer, users: int, seconds: float, traffic: TrafficConfig, prefix: Path,
@@ -224,14 +231,13 @@ def measure(server: ManagedServer, users: int, seconds: float, traffic: TrafficC
 
     t = traffic.replace(rate_per_user=rate / users if rate > 0 else 0.0)
     sampler = ResourceSampler([server.pid], None, interval=0.5).start()
-    loadgen = LoadgenSampler(window=0.75 * seconds).start()
+    loadgen = LoadgenSampler(window=0.75 * seconds, server_pid=server.pid).start()
     psutil.cpu_percent(interval=None)
     stats = run_locust(server.url, users, seconds, t, prefix, cpus=loadgen_cpus)
     machine = psutil.cpu_percent(interval=None) / 100.0
     samples = sampler.stop()
-    loadgen_cpu = loadgen.stop()
-    cpu = math.nan
-    if len(samples) >= 2 and samples[-1].t > samples[0].t:
+    loadgen_cpu, cpu = loadgen.stop()  # both over the load itself, without locust's start-up
+    if math.isnan(cpu) and len(samples) >= 2 and samples[-1].t > samples[0].t:  # locust not seen: the whole run
         cpu = (samples[-1].cpu_seconds - samples[0].cpu_seconds) / (samples[-1].t - samples[0].t)
     a = stats["Aggregated"]
     return Step(users, rate, a.rps, a.p50_ms, a.p95_ms, a.p99_ms, a.p999_ms, a.requests, a.failures, cpu, machine,
