@@ -48,7 +48,7 @@ import numpy as np
 
 from export.artifact import build_artifact, load_model, load_run_dataset, read_run
 from export.onnx_export import EXPORTERS, ExportError
-from protocol import DataError, SequenceDataset, eval_examples, pad_left
+from protocol import DataError, SequenceDataset, eval_examples, onnx_runtime, pad_left
 from protocol.artifact import ENCODER_FILE, ITEMS_FILE, MANIFEST
 
 SCHEMA = "ssi-latency/1"
@@ -89,16 +89,8 @@ def blas_threads(n: int) -> int | None:
 
 
 def encoder_session(path: Path, threads: int) -> Any:
-    """ONNX Runtime on the CPU execution provider with the options the server uses (serving.backends)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    """ONNX Runtime on the CPU execution provider with the options the server uses (protocol.onnx_runtime)."""
+    return onnx_runtime.session(path, threads)
 
 
 def real_histories(ds: SequenceDataset, max_len: int, seed: int = SEED) -> np.ndarray:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from protocol import onnx_runtime
 from protocol.artifact import OUTPUT_QUERY, EncoderSpec, input_names
 
 OPSET = 18
@@ -204,12 +205,7 @@ def _mismatch(dim: int | str, want: int | str) -> bool:
 
 def ort_session(path: str | os.PathLike, providers: list[str] | None = None, threads: int = 1):
     """An ONNX Runtime session with quiet logging and a small thread count."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    return onnx_runtime.session(path, threads, providers)
 
 
 def ort_encode(session: Any, history: np.ndarray, users: np.ndarray | None) -> np.ndarray:

@@ -57,7 +57,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from loadtest.settings import LoadtestSettings, add_flags, describe_error, from_args
-from protocol import ann
+from protocol import ann, onnx_runtime
 from protocol.artifact import ArtifactError, open_artifact, resolve_latest
 from protocol.data import DataError, load_dataset, resolve_data_dir
 from protocol.split import eval_examples, pad_left
@@ -139,8 +139,6 @@ def encode_queries(artifact: Path, data_dir: Path | None, limit: int, seed: int)
                                                                                           dict[str, Any]]:
     """(real item table (N0, d), queries (Q, d), facts): the artifact's ``items.npy`` and its dataset's test
     histories through its ONNX encoder (onnxruntime, CPU, 1 thread); users sampled when more than ``limit``."""
-    import onnxruntime as ort
-
     opened = open_artifact(artifact)
     items = np.ascontiguousarray(np.load(opened.file("items"), allow_pickle=False), dtype=np.float32)
     ds_info = opened.manifest.get("dataset") or {}
@@ -152,10 +150,7 @@ def encode_queries(artifact: Path, data_dir: Path | None, limit: int, seed: int)
     histories, _ = eval_examples(ds, "test")
     rows = ann.query_rows(len(histories), limit, seed)
     hist = pad_left([histories[i] for i in rows], opened.max_len)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(opened.encoder_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    session = onnx_runtime.session(opened.encoder_path, threads=1)
     feeds: dict[str, np.ndarray] = {"history": hist}
     if opened.uses_user:
         feeds["user"] = (rows + 1).astype(np.int64)  # model user ids: dataset row + 1 (0 = anonymous)

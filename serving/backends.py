@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protocol import ann
+from protocol import ann, onnx_runtime
 from serving.artifact import Artifact, ArtifactError
 from serving.scoring import MATMUL_MAX_ITEMS, MatmulSearcher, OrtSearcher, choose_scoring, settle_ties, topk
 
@@ -46,17 +46,11 @@ class OrtEncoder:
     def __init__(self, artifact: Artifact, use_cuda: bool, threads: int) -> None:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
         providers: list[Any] = ["CPUExecutionProvider"]
         if use_cuda:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(artifact.encoder_path), sess_options=opts, providers=providers)
+            self.session = onnx_runtime.session(artifact.encoder_path, threads, providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own types (Fail, InvalidGraph, ...)
             raise ArtifactError(f"{artifact.encoder_path}: ONNX Runtime cannot load it ({_short(e)})") from None
         self.providers: list[str] = list(self.session.get_providers())

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from protocol import onnx_runtime
 from serving.config import MATMUL_MAX_ITEMS  # auto: matmul up to this many items (see the module docstring)
 
 
@@ -269,14 +270,7 @@ class OrtSearcher:
     def __init__(self, items: np.ndarray, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        model = scoring_graph(items)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_runtime.session(scoring_graph(items), threads)
         self.run = self.session.run
         self.items = items
         self.n = len(items)
