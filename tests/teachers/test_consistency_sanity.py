@@ -21,6 +21,19 @@ SASRec-CE backbone (``--backbone sasrec``): persona and global are learned in 25
 stayed at chance (training loss ln 2) after 50 epochs (1 and 2 blocks), 100 (3 blocks) and 150 (1 block; 2 blocks
 with the first 100 on the task alone), where GRU4Rec learns it in 50. BERT4Rec with the task alone for 60 epochs
 stays at chance too; it learns temporal only jointly with the cloze (150 epochs, above).
+
+Why (docs/results/task-diagnosis.md, "Temporal on attention backbones"): not a wiring bug but an optimisation
+plateau. Checked: every ``runs`` negative differs from its original (5.6 of 14.8 items moved on average); [INT]
+is the last column (right-aligned position max_len - 1) and under the causal mask sees every item; position
+embeddings are added, so a swap changes the [INT] state (with them zeroed a bidirectional encoder gives the same
+state for both, as it must). Detecting a break needs a circuit (a previous-item attention head, a successor test
+on item ids, a pooling of breaks at [INT]) that gives no gradient until it exists. Task alone, 2 blocks, d=32,
+batch 32: at lr 3e-3 (this file's) 4 of 5 runs stay at chance for 1500-4000 steps; at lr 1e-3 / 5e-4 all 5
+runs of 2400-4000 steps leave chance after 1000-2000 steps and reach held-out .66-.89 (chance .51); GRU4Rec
+needs 150-250 steps.
+A hard-wired previous-item head (an attention bias on the first block) starts it at once (.55 at 300 steps,
+.73 at 1500, against .56 at 1500 without). Joint with the next-item loss (lr 1e-3, 960 users, 2400 steps) it
+stays at chance: a 20 s test cannot reach it. ``test_sasrec_temporal_views_reach_int`` checks the wiring.
 """
 from __future__ import annotations
 
@@ -109,3 +122,36 @@ def test_task_first_epochs_train_the_task_alone_and_are_not_selected(tmp_path: P
         assert row["train_loss"] == pytest.approx(row["train_temporal"], rel=1e-6)
     assert history[2]["train_loss"] == pytest.approx(history[2]["train_next_item"] + history[2]["train_temporal"], rel=1e-5)
     assert metrics["best_epoch"] == 3 and len(history) == 3  # warm-up epochs: neither best nor counted (patience 1)
+
+
+def test_sasrec_temporal_views_reach_int() -> None:
+    """The order a temporal negative changes reaches SASRec's [INT] state through the position embeddings.
+
+    At init (eval mode) the [INT] state of a swapped view differs from its original's; with the position
+    embeddings zeroed the difference (left by the causal mask alone) is far smaller, and a bidirectional encoder
+    sees a permutation of the same items and gives the same state.
+    """
+    import torch
+
+    from models.consistency import ConsistencyConfig, append_token, temporal_negatives
+    from models.sasrec import SASRec, SASRecConfig
+
+    rng = np.random.default_rng(0)
+    starts, lens = rng.integers(0, ITEMS, 64), rng.integers(10, 20, 64)
+    x = torch.zeros(64, 19, dtype=torch.long)
+    for i, (s, n) in enumerate(zip(starts, lens)):
+        x[i, 19 - n:] = torch.tensor([(s + k) % ITEMS + 1 for k in range(n)])
+    neg, changed = temporal_negatives(x, ConsistencyConfig(), torch.Generator().manual_seed(0))
+    assert changed.all()
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=ITEMS, max_len=20, dim=32, n_layers=2, n_heads=2, ffn_dim=64,
+                                special_tokens=2)).eval()
+    a, b = (append_token(t, model.config.int_token, 20) for t in (x, neg))
+    assert (a[:, -1] == model.config.int_token).all() and a.shape[1] == 20  # [INT] at the last position
+    with torch.no_grad():
+        gap = (model.hidden_states(a)[:, -1] - model.hidden_states(b)[:, -1]).norm(dim=1)  # (64,)
+        model.pos_emb.weight.zero_()
+        causal = (model.hidden_states(a)[:, -1] - model.hidden_states(b)[:, -1]).norm(dim=1)
+        flat = (model.hidden_states(a, causal=False)[:, -1] - model.hidden_states(b, causal=False)[:, -1]).norm(dim=1)
+    assert gap.min() > 0 and gap.mean() > 5 * causal.mean(), (gap.mean(), causal.mean())  # measured .0023, .00015
+    assert flat.max() < 1e-2 * gap.mean()  # measured: 7.6e-7 against .0023, (flat.max(), gap.mean())
