@@ -277,3 +277,78 @@ def test_a_composed_run_trains_from_a_sasrec_teacher(tmp_path) -> None:
     bad = _run(["--preset", "smoke", "--datasets", "ring", "--data-dir", str(data), "--out", str(out),
                 "--models", "hgn_ce--nope"])
     assert bad.returncode == 2 and "'nope' is not a row reference" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sasrec_ce_is_a_student_alone_and_distils_from_its_own_runs() -> None:
+    """``sasrec_ce`` is SASRec with the CE loss trained alone (its spec says so, not its name), so
+    ``sasrec_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2`` is SASRec-CE distilled from three sasrec_ce runs, paired with
+    ``sasrec_ce``, and a candidate to serve like every student."""
+    from training.catalogue import (
+        PLAIN_SAS_TEACHERS,
+        SpecError,
+        alone_of,
+        compose,
+        is_student_row,
+        spec_of,
+        student_label,
+    )
+    from training.run_all import Run, choose_served, plan
+
+    alone = spec_of("sasrec_ce")
+    assert alone.student_key == ("sasrec", "ce") and alone.baseline is None and not alone.teachers
+    assert is_student_row("sasrec_ce") and student_label("sasrec_ce") == "sasrec_ce" and alone_of("sasrec_ce") is None
+    name = compose("sasrec_ce", PLAIN_SAS_TEACHERS)
+    assert name == "sasrec_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2"
+    spec = spec_of(name)
+    assert (spec.group, spec.student, spec.loss, spec.teachers) == ("student", "sasrec", "ce", PLAIN_SAS_TEACHERS)
+    assert alone_of(name) == student_label(name) == "sasrec_ce" and is_student_row(name)
+    assert alone_of(compose("sasrec_ce", ("sasrec_ce",), "t2")) == "sasrec_ce"
+    runs = plan(["toys"], ["sasrec_ce", name], [42, 43, 44], [])
+    assert [(r.model, r.seed) for r in runs] == [("sasrec_ce", s) for s in (42, 43, 44)] + [(name, s) for s in (42, 43, 44)]
+    with pytest.raises(SpecError, match="'sasrec' is not a student"):
+        spec_of("sasrec--sasrec_ce")  # SASRec with its paper's BCE loss stays a baseline
+
+    def scored(full: float) -> dict:
+        return {"valid": {"full": {"ndcg@10": full}, "sampled": {"ndcg@10": 0.3}}}
+
+    results = {Run("toys", "sasrec_ce", 42): scored(0.060), Run("toys", name, 42): scored(0.065),
+               Run("toys", "hgn_ce", 42): scored(0.050), Run("toys", "ensemble--sasrec_ce+hgn_ce", 42): scored(0.07)}
+    best, why = choose_served(results, "toys")
+    assert best.model == name and "beats the same student alone (sasrec_ce:" in why
+    del results[Run("toys", name, 42)]
+    best, why = choose_served(results, "toys")
+    assert best.model == "sasrec_ce" and "trained ALONE" in why
+
+
+def test_a_sasrec_ce_run_of_the_baseline_path_stays_finished(tmp_path) -> None:
+    """sasrec_ce runs written by training/baselines.py (run.json ``baseline: sasrec_ce``) are finished sasrec_ce
+    runs: run_all loads their metrics and rewrites nothing."""
+    import numpy as np
+    import torch
+
+    from protocol import load_dataset
+    from training.baselines import train_baseline
+    from training.run_all import Run, execute, tag_run
+
+    rng = np.random.default_rng(5)
+    lines = [f"{u} " + " ".join(str((s + k) % 150 + 1) for k in range(int(rng.integers(5, 12))))
+             for u, s in enumerate(rng.integers(0, 150, 60), 1)]
+    (tmp_path / "Ring.txt").write_text("\n".join(lines) + "\n")
+    ds = load_dataset(str(tmp_path / "Ring.txt"))
+    run = Run(ds.name, "sasrec_ce", 42)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors
+    try:
+        m = train_baseline("sasrec_ce", ds, "smoke", run.dir(tmp_path), seed=42, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    tag_run(run.dir(tmp_path), "sasrec_ce", "smoke")
+    assert json.loads((run.dir(tmp_path) / "run.json").read_text())["baseline"] == "sasrec_ce"
+
+    def files() -> dict:
+        return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.dir(tmp_path).iterdir() if p.is_file()}
+
+    before = files()
+    got = execute(run, ds, "smoke", tmp_path, resume=True, seeds=[42])
+    tag_run(run.dir(tmp_path), "sasrec_ce", "smoke")
+    assert got["test"] == m["test"] and got["best_epoch"] == m["best_epoch"] and files() == before

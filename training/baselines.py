@@ -10,7 +10,10 @@ One training example per user per epoch: the most recent items of its training p
 
 - ``sasrec``: next item at every position, the paper's loss: BCE with one sampled negative per
   position (an item the user never interacted with in the window), averaged over real positions.
-- ``sasrec_ce``: the same model with softmax cross-entropy over all items (``NextItemConfig.loss``).
+- ``sasrec_ce``: the same model with softmax cross-entropy over all items (``NextItemConfig.loss``). This
+  recipe (``train_config``, ``user_batches``, one window per user) is also the SASRec-CE student's
+  (``training.students.STUDENT_RECIPES``), which trains the catalogue's ``sasrec_ce`` row in run_all, alone
+  (the same weights as here, bit for bit) or distilled from teachers.
 - ``s3rec``: stage 1 in ``run_dir/pretrain`` (MIP + SP, bidirectional encoder; validated with the
   MIP head on a [MASK] appended to the history), stage 2 in ``run_dir``: SASRec-BCE fine-tuning
   from stage 1's best weights (with 3x the patience). Resume works for both stages.
@@ -135,6 +138,21 @@ class TrimmedScorer(ContractScorer):
 
 
 # ---- tasks --------------------------------------------------------------------------------------
+def user_batches(rng: np.random.Generator, lengths: np.ndarray, batch_size: int, rank: int, world: int,
+                 pool: int = 16) -> list[np.ndarray]:
+    """One epoch's batches of user rows for this rank (equal shards: every rank runs as many steps): the users
+    shuffled, each pool of ``pool`` batches sorted by ``lengths`` (U,) and cut into ``batch_size`` rows, the
+    batches shuffled again. ``SequenceTask``'s batches, and the SASRec student's (``training.students``), so
+    that SASRec-CE distilled trains on exactly the batches of the ``sasrec_ce`` baseline."""
+    per_rank = len(lengths) // world
+    mine = rng.permutation(len(lengths))[rank * per_rank : (rank + 1) * per_rank]
+    size = pool * batch_size
+    pools = np.split(mine, range(size, per_rank, size))
+    pools = [p[np.argsort(lengths[p], kind="stable")] for p in pools]  # sorted by length
+    batches = [b for p in pools for b in np.split(p, range(batch_size, len(p), batch_size))]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 class SequenceTask(TrainTask):
     """One window per user per epoch (the last ``window`` items of its training part), shuffled.
 
@@ -159,13 +177,7 @@ class SequenceTask(TrainTask):
 
     def batch_users(self, rng: np.random.Generator, rank: int, world: int) -> list[np.ndarray]:
         """This rank's batches of user rows for one epoch (equal shards: every rank runs as many steps)."""
-        per_rank = len(self.seqs) // world
-        mine = rng.permutation(len(self.seqs))[rank * per_rank : (rank + 1) * per_rank]
-        pool = self.POOL * self.batch_size
-        pools = np.split(mine, range(pool, per_rank, pool))
-        pools = [p[np.argsort(self.lengths[p], kind="stable")] for p in pools]  # sorted by length
-        batches = [b for p in pools for b in np.split(p, range(self.batch_size, len(p), self.batch_size))]
-        return [batches[i] for i in rng.permutation(len(batches))]
+        return user_batches(rng, self.lengths, self.batch_size, rank, world, self.POOL)
 
     def batches(self, epoch: int, rng: np.random.Generator, rank: int,
                 world: int) -> Iterator[dict[str, torch.Tensor]]:

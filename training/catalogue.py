@@ -45,12 +45,12 @@ class ModelSpec:
     mostpop: bool = False
     teacher: str | None = None  # bert4rec | temporal | persona | global
     backbone: str = "bert4rec"  # a teacher's backbone: bert4rec (the paper's) | gru4rec | sasrec
-    student: str | None = None  # hgn | gru4rec
+    student: str | None = None  # hgn | gru4rec | sasrec (training/students.py STUDENT_RECIPES)
     teachers: tuple[str, ...] = ()  # rows imitated by a student
     members: tuple[str, ...] = ()  # rows whose next-item distributions an ensemble averages
     imitation: ImitationConfig = field(default_factory=ImitationConfig)  # the paper's loss unless a row says otherwise
     loss: str | None = None  # None: the model's paper loss
-    baseline: str | None = None  # sasrec | sasrec_ce | s3rec | grec
+    baseline: str | None = None  # sasrec | s3rec | grec (training/baselines.py)
     all_seeds: bool = True
 
     @property
@@ -105,7 +105,10 @@ CATALOG: dict[str, ModelSpec] = {
     "hgn_ce": ModelSpec("baseline", student="hgn", loss="ce"),
     "bert4rec": ModelSpec("baseline", teacher="bert4rec", all_seeds=False),
     "sasrec": ModelSpec("baseline", baseline="sasrec"),
-    "sasrec_ce": ModelSpec("baseline", baseline="sasrec_ce"),
+    # SASRec-CE is a student trained alone: the sasrec_ce baseline's recipe (training/students.py STUDENT_RECIPES
+    # reads it from training/baselines.py), so that sasrec_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2 distils it
+    # from its own runs (born-again / ensemble distillation), paired with this row
+    "sasrec_ce": ModelSpec("baseline", student="sasrec", loss="ce"),
     "s3rec": ModelSpec("baseline", baseline="s3rec"),
     "grec": ModelSpec("baseline", baseline="grec"),
     **{f"{prefix}{v}": ModelSpec("teacher", teacher=v, backbone=backbone, all_seeds=False)
@@ -135,7 +138,7 @@ def choice_score(metrics: dict) -> float:
 #   STUDENT--TEACHER[+TEACHER...][--OPTION]   a student distilled from teachers (e.g. hgn_ce--sasrec_ce,
 #                                             hgn_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2--mean)
 #   ensemble--MEMBER+MEMBER[+...]            the mean next-item distribution of finished runs
-# STUDENT is a student trained alone (hgn, hgn_ce, gru4rec): its model and loss; TEACHER / MEMBER a row
+# STUDENT is a student trained alone (hgn, hgn_ce, gru4rec, sasrec_ce): its model and loss; TEACHER / MEMBER a row
 # reference (``name`` = its first-seed run, ``name@k`` = first seed + k); OPTION an IMITATION_OPTIONS key
 # (none: the paper's loss). So a new teacher family needs no new row names.
 SEP, JOIN, ENSEMBLE = "--", "+", "ensemble"
@@ -261,13 +264,14 @@ def teacher_name(ref: str) -> str:
 
 
 def is_student_row(name: str) -> bool:
-    """A servable student: HGN/GRU4Rec alone, or with imitation (SSI, options, ablations, plain KD)."""
+    """A servable student: HGN/GRU4Rec/SASRec-CE alone, or with imitation (SSI, options, ablations, plain KD)."""
     return is_known(name) and spec_of(name).student is not None
 
 
 def student_label(name: str) -> str | None:
-    """The student a row trains, as the name of that student alone (``hgn``, ``hgn_ce``, ``gru4rec``): the same
-    for ``hgn_ce`` and every row distilled into HGN-CE; None for teachers, baselines and ensembles."""
+    """The student a row trains, as the name of that student alone (``hgn``, ``hgn_ce``, ``gru4rec``,
+    ``sasrec_ce``): the same for ``hgn_ce`` and every row distilled into HGN-CE; None for teachers, baselines
+    and ensembles."""
     key = spec_of(name).student_key
     return None if key is None else alone_of_key(key)
 

@@ -1,4 +1,4 @@
-"""Students (HGN, GRU4Rec) trained alone or with self-supervised imitation of SSI teachers.
+"""Students (HGN, GRU4Rec, SASRec-CE) trained alone or with self-supervised imitation of SSI teachers.
 
 Objective (SSI eq. 5-8) for teachers ``i`` (0 to 3 of them)::
 
@@ -35,6 +35,12 @@ Training examples:
 - GRU4Rec: every prefix, scored in one pass per sequence: segments of ``max_len + 1`` items give
   inputs ``seg[:-1]`` and aligned targets ``seg[1:]``; sequences longer than that are cut into
   segments that overlap by one item, so every transition is a target exactly once.
+- SASRec-CE: the ``sasrec_ce`` baseline's recipe (``STUDENT_RECIPES``): its trainer presets
+  (``training.baselines.train_config``) and its examples (``RECENT_SEGMENTS``: each user's most recent
+  ``max_len + 1`` items once an epoch, in the baseline's batches). Alone it is that baseline, bit for bit
+  (``tests/students/test_sasrec_student.py``); distilled, that recipe plus the imitation terms. So the
+  ``sasrec_ce`` row is a student trained alone, and ``sasrec_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2`` is
+  SASRec-CE distilled from three of its own runs (born-again / ensemble distillation).
 
 CLI::
 
@@ -60,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import MODELS
-from models.contracts import PrefixStudent, Student, WindowStudent, student_problems
+from models.contracts import ExampleKind, PrefixStudent, Student, WindowStudent, student_problems
 from protocol import (
     DataError,
     SequenceDataset,
@@ -70,6 +76,8 @@ from protocol import (
     pad_left,
     train_sequences,
 )
+from training.baselines import TrimmedScorer, user_batches
+from training.baselines import train_config as baseline_train_config
 from training.imitation import ImitationConfig
 from training.io import atomic_write_json, read_json
 from training.runs import RunError, is_finished, load_run_model
@@ -79,10 +87,9 @@ from training.trainer import TrainConfig, TrainTask, fit, resolve_device
 
 log = logging.getLogger("ssi.students")
 
-StudentName = Literal["hgn", "gru4rec"]
+StudentName = Literal["hgn", "gru4rec", "sasrec"]
 LossName = Literal["bpr", "ce"]
 Preset = Literal["smoke", "cpu", "paper"]
-STUDENTS: tuple[str, ...] = ("hgn", "gru4rec")
 
 
 # ---- loss terms ---------------------------------------------------------------------------------
@@ -210,6 +217,7 @@ class Examples:
     teacher_users: np.ndarray  # (E,) user row of example e
     teacher_prefix: np.ndarray  # (E,) length of the history prefix of example e
     trim: bool  # left-padded sequence arrays whose all-padding columns can be dropped per batch
+    user_lengths: np.ndarray | None = None  # (rows,) with one row per user: the length its batches sort by
 
     @property
     def rows(self) -> int:
@@ -239,12 +247,20 @@ def hgn_windows(seqs: list[np.ndarray], L: int, T: int) -> Examples:
     return Examples(arrays, u, np.asarray(prefix, dtype=np.int64), trim=False)
 
 
-def prefix_segments(seqs: list[np.ndarray], max_len: int) -> Examples:
-    """Segments of up to ``max_len + 1`` items: inputs ``seg[:-1]`` and aligned targets ``seg[1:]``."""
+def prefix_segments(seqs: list[np.ndarray], max_len: int, recent: bool = False) -> Examples:
+    """Segments of up to ``max_len + 1`` items: inputs ``seg[:-1]`` and aligned targets ``seg[1:]``.
+
+    ``recent``: only each user's most recent segment, one row per user in user order (a user with fewer than
+    two items gets a row without targets): the examples of the ``sasrec_ce`` baseline
+    (``training.baselines.NextItemTask``: each user's last ``max_len + 1`` items once an epoch)."""
     inputs, targets, ex_ids, users, prefix = [], [], [], [], []
     n_ex = 0
     for row, s in enumerate(seqs):
         end = len(s)
+        if recent and end <= 1:
+            inputs.append(s[:0])
+            targets.append(s[:0])
+            ex_ids.append(np.zeros(0, dtype=np.int64))
         while end > 1:
             start = max(0, end - (max_len + 1))
             seg = s[start:end]
@@ -255,10 +271,12 @@ def prefix_segments(seqs: list[np.ndarray], max_len: int) -> Examples:
             users += [row] * m
             prefix += list(range(start + 1, end))
             n_ex += m
-            end = start + 1
+            end = 1 if recent else start + 1
     arrays = {"history": pad_left(inputs, max_len), "targets": pad_left(targets, max_len),
               "example": pad_left(ex_ids, max_len) - 1}
-    return Examples(arrays, np.asarray(users, dtype=np.int64), np.asarray(prefix, dtype=np.int64), trim=True)
+    lengths = np.asarray([min(len(s), max_len + 1) for s in seqs], dtype=np.int64) if recent else None
+    return Examples(arrays, np.asarray(users, dtype=np.int64), np.asarray(prefix, dtype=np.int64), trim=True,
+                    user_lengths=lengths)
 
 
 Queries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -267,10 +285,17 @@ Queries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 @dataclass(frozen=True)
 class ExampleScheme:
     """How a student of one ``training_examples`` kind (``models.contracts.Student``) is trained: its
-    examples from the training sequences, and a batch's queries (M, D'), targets (M, T), example ids (M,)."""
+    examples from the training sequences, a batch's queries (M, D'), targets (M, T), example ids (M,), how
+    examples are batched and how validation scores."""
 
+    name: str  # recorded in the run's run.json
+    kind: ExampleKind  # the student kind it trains (``Student.training_examples``)
     build: Callable[[Student, list[np.ndarray]], Examples]
     queries: Callable[[Student, dict[str, torch.Tensor]], Queries]
+    # one row per user, batched as training.baselines.SequenceTask (batch_size users from length-sorted pools);
+    # otherwise fixed batches of windows, or prefix segments cut by a target budget (StudentTask)
+    per_user: bool = False
+    scorer: Callable[[nn.Module, torch.device], ContractScorer] = ContractScorer
 
 
 def _window_examples(model: WindowStudent, seqs: list[np.ndarray]) -> Examples:
@@ -285,6 +310,10 @@ def _prefix_examples(model: PrefixStudent, seqs: list[np.ndarray]) -> Examples:
     return prefix_segments(seqs, model.config.max_len)
 
 
+def _recent_examples(model: PrefixStudent, seqs: list[np.ndarray]) -> Examples:
+    return prefix_segments(seqs, model.config.max_len, recent=True)
+
+
 def _prefix_queries(model: PrefixStudent, batch: dict[str, torch.Tensor]) -> Queries:
     out = model.sequence_output(batch["history"])  # (B, L, d)
     mask = batch["targets"] > 0
@@ -293,18 +322,27 @@ def _prefix_queries(model: PrefixStudent, batch: dict[str, torch.Tensor]) -> Que
 
 # ``Student.training_examples`` -> scheme: the only place that tells the two kinds of students apart.
 EXAMPLE_SCHEMES: dict[str, ExampleScheme] = {
-    "windows": ExampleScheme(_window_examples, _window_queries),  # HGN: L-item windows before T targets
-    "prefixes": ExampleScheme(_prefix_examples, _prefix_queries),  # GRU4Rec: every prefix in one pass
+    "windows": ExampleScheme("windows", "windows", _window_examples, _window_queries),  # HGN: L-item windows
+    "prefixes": ExampleScheme("prefixes", "prefixes", _prefix_examples, _prefix_queries),  # GRU4Rec: every prefix
 }
+# The sasrec_ce baseline's examples (training.baselines.NextItemTask, SequenceTask): each user's most recent
+# max_len + 1 items once an epoch, every position predicting the next item, batch_size users per batch from
+# length-sorted pools, validated by TrimmedScorer. A recipe picks it (STUDENT_RECIPES), not the model.
+RECENT_SEGMENTS = ExampleScheme("recent_segments", "prefixes", _recent_examples, _prefix_queries, per_user=True,
+                                scorer=TrimmedScorer)
 
 
-def example_scheme(model: nn.Module) -> ExampleScheme:
-    """The scheme of ``model.training_examples``; ``TypeError`` naming what is missing for a non-student."""
+def example_scheme(model: nn.Module, scheme: ExampleScheme | None = None) -> ExampleScheme:
+    """``scheme``, else the scheme of ``model.training_examples``; ``TypeError`` naming what is missing for a
+    non-student, or a scheme made for the other kind of student."""
     problems = student_problems(model)
     if problems:
         raise TypeError(f"{type(model).__name__} does not meet the student contract (models.contracts): "
                         f"{', '.join(problems)}")
-    return EXAMPLE_SCHEMES[model.training_examples]
+    if scheme is not None and scheme.kind != model.training_examples:
+        raise TypeError(f"examples {scheme.name!r} train {scheme.kind!r} students; {type(model).__name__} "
+                        f"learns from {model.training_examples!r}")
+    return scheme or EXAMPLE_SCHEMES[model.training_examples]
 
 
 def build_examples(model: nn.Module, ds: SequenceDataset) -> Examples:
@@ -386,7 +424,7 @@ class StudentTask(TrainTask):
 
     def __init__(self, model: nn.Module, ds: SequenceDataset, teachers: dict[str, FrozenTeacher],
                  imitation: ImitationConfig, loss: LossName, batch_size: int, teacher_width: int = 50,
-                 bucket_pool: int = 50):
+                 bucket_pool: int = 50, scheme: ExampleScheme | None = None):
         super().__init__()
         if loss not in ("bpr", "ce"):
             raise ValueError(f"unknown student loss {loss!r}; expected 'bpr' or 'ce'")
@@ -396,7 +434,7 @@ class StudentTask(TrainTask):
         self.batch_size = batch_size
         self.bucket_pool = bucket_pool  # batches per length-sorted pool (sequence examples only); 0 = off
         self.num_items = ds.num_items
-        self.scheme = example_scheme(model)
+        self.scheme = example_scheme(model, scheme)  # None: the model's own kind of examples
         self.examples = self.scheme.build(model, train_sequences(ds))
         self.teachers = dict(teachers) if imitation.active else {}  # plain dict: not submodules
         names = ["mean"] if imitation.target == "mean" and self.teachers else list(self.teachers)
@@ -422,7 +460,10 @@ class StudentTask(TrainTask):
     # length) targets, each cut to its longest sequence. A random batch of 128 Beauty sequences is 50
     # wide for ~7 items on average; the recurrent pass pays for the width, the softmax for the targets.
     def num_batches(self, world: int) -> int:
-        """Exact for windows; for sequence examples the expected count (the cut depends on the shuffle)."""
+        """Exact for windows and per-user rows; for sequence examples the expected count (the cut depends on
+        the shuffle)."""
+        if self.scheme.per_user:
+            return math.ceil((self.examples.rows // world) / self.batch_size)
         if self._lengths is None or self.bucket_pool <= 0:
             per_rank = self.examples.rows // world if world > 1 else self.examples.rows
             return math.ceil(per_rank / self.batch_size)
@@ -437,6 +478,8 @@ class StudentTask(TrainTask):
             yield {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
 
     def _batch_indices(self, rng: np.random.Generator, rank: int, world: int) -> list[np.ndarray]:
+        if self.scheme.per_user:  # the sasrec_ce baseline's batches, drawn from the same rng the same way
+            return user_batches(rng, self.examples.user_lengths, self.batch_size, rank, world)
         n = self.examples.rows
         order = rng.permutation(n)
         if self._lengths is None or self.bucket_pool <= 0:
@@ -556,6 +599,9 @@ class StudentTask(TrainTask):
         terms["lambda_reg"] = self.lambdas.regulariser()
         return sum(lam[n] * v for n, v in imit.items()) + terms["lambda_reg"]
 
+    def scorer(self, device: torch.device) -> ContractScorer:
+        return self.scheme.scorer(self.model, device)
+
     def epoch_log(self) -> dict[str, float]:
         out = {**self.lambdas.as_dict(), **self._log_extra}
         self._log_extra = {}
@@ -592,8 +638,38 @@ def train_config(student: StudentName, preset: Preset, seed: int = 42, progress:
     return dataclasses.replace(by_preset[preset], lr=1e-3, weight_decay=wd, seed=seed, progress=progress)
 
 
+@dataclass(frozen=True)
+class StudentRecipe:
+    """How one student architecture trains, alone or distilled: distillation adds the imitation terms to this
+    recipe and changes nothing else. The model is ``MODELS[student]`` at the preset's sizes (``build_student``)."""
+
+    train: Callable[[Preset, nn.Module, int, bool], TrainConfig]  # (preset, built model, seed, progress)
+    examples: ExampleScheme | None = None  # None: the scheme of the model's own ``training_examples``
+
+
+def _own_train_config(student: StudentName) -> Callable[[Preset, nn.Module, int, bool], TrainConfig]:
+    return lambda preset, model, seed, progress: train_config(student, preset, seed, progress)
+
+
+STUDENT_RECIPES: dict[str, StudentRecipe] = {
+    "hgn": StudentRecipe(_own_train_config("hgn")),
+    "gru4rec": StudentRecipe(_own_train_config("gru4rec")),
+    # SASRec-CE is the sasrec_ce baseline's recipe, read from training/baselines.py: its model presets (SASRec's,
+    # as build_stages builds it), its trainer presets (baselines.train_config: lr, batch, epochs, patience,
+    # max_len) and its examples and batches (RECENT_SEGMENTS). Alone, it trains the sasrec_ce row.
+    "sasrec": StudentRecipe(baseline_train_config, RECENT_SEGMENTS),
+}
+STUDENTS = tuple(STUDENT_RECIPES)
+
+
+def student_train_config(student: StudentName, preset: Preset, model: nn.Module, seed: int = 42,
+                         progress: bool = True) -> TrainConfig:
+    """The trainer config of ``student``'s recipe (``STUDENT_RECIPES``) for the built ``model``."""
+    return STUDENT_RECIPES[student].train(preset, model, seed, progress)
+
+
 def build_student(student: StudentName, ds: SequenceDataset, preset: Preset) -> nn.Module:
-    if student not in STUDENTS:
+    if student not in STUDENT_RECIPES:
         raise ValueError(f"unknown student {student!r}; expected one of {', '.join(STUDENTS)}")
     cls = MODELS[student]
     sizes = {"num_items": ds.num_items}
@@ -631,21 +707,24 @@ def train_student(student: StudentName, ds: SequenceDataset, preset: Preset, run
     run_dir = Path(run_dir)
     imitation = imitation or ImitationConfig()
     teacher_dirs = {k: Path(v) for k, v in (teacher_dirs or {}).items()}
-    cfg = train or train_config(student, preset, seed, progress)
-    if epochs is not None:
-        cfg = dataclasses.replace(cfg, epochs=epochs)
-    if device is not None:
-        cfg = dataclasses.replace(cfg, device=device)
     if not resume:
         _clear_run(run_dir)
     torch.manual_seed(seed)  # model initialisation
     model = build_student(student, ds, preset)
+    recipe = STUDENT_RECIPES[student]
+    cfg = train or recipe.train(preset, model, seed, progress)
+    if epochs is not None:
+        cfg = dataclasses.replace(cfg, epochs=epochs)
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=device)
     loss = loss or model.default_loss
     if not is_finished(run_dir):
         teachers = ({n: FrozenTeacher.load(n, d, ds) for n, d in teacher_dirs.items()}
                     if imitation.active else {})
-        task = StudentTask(model, ds, teachers, imitation, loss, cfg.batch_size, teacher_width=cfg.max_len)
-        info = {"student": student, "preset": preset, "loss": loss, "imitation": dataclasses.asdict(imitation),
+        task = StudentTask(model, ds, teachers, imitation, loss, cfg.batch_size, teacher_width=cfg.max_len,
+                           scheme=recipe.examples)
+        info = {"student": student, "preset": preset, "loss": loss, "examples": task.scheme.name,
+                "imitation": dataclasses.asdict(imitation),
                 "teachers": {n: str(d) for n, d in teacher_dirs.items()},
                 "teacher_models": {n: t.info.get("model") for n, t in teachers.items()}}
         metrics = fit(task, ds, cfg, run_dir, resume=resume, run_info=info)

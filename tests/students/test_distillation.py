@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from training.students import (
+    STUDENT_RECIPES,
+    STUDENTS,
     FrozenTeacher,
     ImitationConfig,
     StudentTask,
@@ -23,7 +25,8 @@ def make_task(ds, teacher_dirs, student="hgn", imitation=None, names=None, loss=
     model = build_student(student, ds, "smoke")
     teachers = {n: FrozenTeacher.load(n, teacher_dirs[n], ds) for n in (names or teacher_dirs)}
     imitation = imitation or ImitationConfig()
-    task = StudentTask(model, ds, teachers, imitation, loss or model.default_loss, batch_size=16)
+    task = StudentTask(model, ds, teachers, imitation, loss or model.default_loss, batch_size=16,
+                       scheme=STUDENT_RECIPES[student].examples)  # the examples train_student gives it
     task.on_epoch_start(1)
     return task
 
@@ -33,7 +36,7 @@ def first_batch(task):
 
 
 @pytest.mark.parametrize("cache_probs", [False, True], ids=["live-logits", "cached-probs"])
-@pytest.mark.parametrize("student", ["hgn", "gru4rec"])
+@pytest.mark.parametrize("student", STUDENTS)
 def test_loss_is_student_plus_weighted_imitation_plus_regulariser(student_ds, teacher_dirs, student, cache_probs,
                                                                   tmp_path, monkeypatch):
     monkeypatch.setenv("SSI_CACHE_DIR", str(tmp_path))
@@ -126,11 +129,11 @@ def test_cli_help_and_bad_teacher(capsys):
     assert e.value.code == 2
 
 
-@pytest.mark.parametrize("student", ["hgn", "gru4rec"])
+@pytest.mark.parametrize("student", STUDENTS)
 def test_an_epoch_covers_every_example_once(student_ds, student):
     torch.manual_seed(0)
     task = StudentTask(build_student(student, student_ds, "smoke"), student_ds, {}, ImitationConfig(),
-                       "ce", batch_size=8)
+                       "ce", batch_size=8, scheme=STUDENT_RECIPES[student].examples)
     seen = []
     for b in task.batches(3, np.random.default_rng(3), 0, 1):
         ex = b["example"][b["example"] >= 0]

@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.students import FrozenTeacher, ImitationConfig, StudentTask, build_student, kl_from_log_probs
+from training.students import (
+    STUDENT_RECIPES,
+    STUDENTS,
+    FrozenTeacher,
+    ImitationConfig,
+    StudentTask,
+    build_student,
+    kl_from_log_probs,
+)
 from training.teacher_cache import TeacherProbCache, cache_key, kl_from_cached
 
 
@@ -65,7 +73,7 @@ def test_cache_probs_needs_cached_queries() -> None:
         ImitationConfig(cache_teacher=False, cache_probs=True)
 
 
-@pytest.mark.parametrize("student", ["hgn", "gru4rec"])
+@pytest.mark.parametrize("student", STUDENTS)
 def test_student_task_kl_with_cached_probabilities_matches_live_teachers(student_ds, teacher_dirs, tmp_path,
                                                                          monkeypatch, student) -> None:
     monkeypatch.setenv("SSI_CACHE_DIR", str(tmp_path))
@@ -75,7 +83,7 @@ def test_student_task_kl_with_cached_probabilities_matches_live_teachers(student
         model = build_student(student, student_ds, "smoke")
         teachers = {n: FrozenTeacher.load(n, d, student_ds) for n, d in teacher_dirs.items()}
         task = StudentTask(model, student_ds, teachers, ImitationConfig(cache_probs=cache_probs),
-                           model.default_loss, batch_size=16)
+                           model.default_loss, batch_size=16, scheme=STUDENT_RECIPES[student].examples)
         task.on_epoch_start(1)
         assert all((t.probs is not None) == cache_probs for t in task.teachers.values())
         batch = next(task.batches(1, np.random.default_rng(0), 0, 1))
