@@ -55,7 +55,9 @@ INPUT_HISTORY, INPUT_USER, OUTPUT_QUERY = "history", "user", "query"
 #: Manifest keys every reader relies on (dotted paths); ``read_manifest`` refuses a manifest without one.
 REQUIRED_KEYS = ("model.name", "model.version", "encoder.file", "encoder.max_len", "encoder.output_name",
                  "encoder.input_names", "items.file", "items.count", "popularity.file", "files")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# "@" and "+" for runs named as compositions (training/catalogue.py: hgn_ce--sasrec_ce@0+sasrec_ce@1), whose
+# artifact folder is the run's name; still no separator and no leading dot
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
 
 
 class ArtifactError(Exception):

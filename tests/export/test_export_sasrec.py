@@ -21,10 +21,15 @@ from serving.config import Settings
 
 @pytest.mark.slow
 def test_a_sasrec_student_artifact_verifies_and_serves_its_metrics(export_ds, export_data_dir, tmp_path: Path) -> None:
+    """SASRec-CE distilled from a sasrec_ce run, tagged with its composed row name as run_all tags it: the artifact
+    folder and ``latest`` carry that name ("@", "+"), and the server follows ``latest`` to it."""
+    from training.run_all import tag_run
     from training.students import train_student
 
-    run = tmp_path / "sasrec_ce"
-    train_student("sasrec", export_ds, "smoke", run, progress=False, epochs=1)
+    name, teacher, run = "sasrec_ce--sasrec_ce@0", tmp_path / "sasrec_ce", tmp_path / "student"
+    train_student("sasrec", export_ds, "smoke", teacher, progress=False, epochs=1)
+    train_student("sasrec", export_ds, "smoke", run, teacher_dirs={"sasrec_ce_s0": teacher}, progress=False, epochs=1)
+    tag_run(run, name, "smoke")
     root = tmp_path / "serving"
     assert export_main([str(run), "--out", str(root), "--data", str(export_data_dir)]) == 0
     art = root / (root / "latest").read_text().strip()
@@ -38,7 +43,8 @@ def test_a_sasrec_student_artifact_verifies_and_serves_its_metrics(export_ds, ex
     assert all(isinstance(d, str) and d for d in dims), dims  # symbolic batch and length
     manifest = json.loads((art / "manifest.json").read_text())
     info = json.loads((run / "run.json").read_text())
-    assert manifest["model"]["name"] == "sasrec" and manifest["encoder"]["max_len"] == info["train_config"]["max_len"]
+    assert info["teacher_models"] == {"sasrec_ce_s0": "sasrec"} and art.parent.name == name
+    assert manifest["model"]["name"] == name and manifest["encoder"]["max_len"] == info["train_config"]["max_len"]
     assert manifest["encoder"]["fixed_length"] is False and manifest["encoder"]["uses_user"] is False
 
     settings = Settings(artifact_root=root, artifact_path=None, data_dir=export_data_dir, device="cpu",
@@ -46,7 +52,8 @@ def test_a_sasrec_student_artifact_verifies_and_serves_its_metrics(export_ds, ex
     want = json.loads((run / "metrics.json").read_text())
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         r = client.post("/recommend", json={"history": [1, 2, 3, 4, 5], "k": 5})
-        assert r.status_code == 200 and len(r.json()["items"]) == 5
+        assert r.status_code == 200 and len(r.json()["items"]) == 5 and r.json()["model"] == art.name
+        assert client.get("/model").json()["model"]["name"] == name
         for protocol in ("full", "sampled"):
             body = client.post("/eval", json={"dataset": export_ds.name, "split": "test", "protocol": protocol}).json()
             assert body["matches"] is True, body

@@ -114,6 +114,10 @@ def test_resolve_latest(tmp_path: Path) -> None:
     (root / LATEST).write_text("../../etc\n")
     with pytest.raises(ArtifactError, match="expected '<model-name>/<version>'"):
         resolve_latest(root)
+    composed = "sasrec_ce--sasrec_ce@0+sasrec_ce@1"  # a run named by its parts (training/catalogue.py)
+    _write(root / composed / "v3")
+    (root / LATEST).write_text(latest_text(composed, "v3"))
+    assert resolve_latest(root) == root / composed / "v3"
 
 
 def test_schema_module_is_torch_free() -> None:
