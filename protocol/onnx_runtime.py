@@ -33,4 +33,17 @@ def session(model: str | os.PathLike | bytes, threads: int = 1, providers: list[
                                 providers=providers or ["CPUExecutionProvider"])
 
 
-__all__ = ["session", "session_options"]
+def direct_run(session: Any) -> Any:
+    """``session.run`` without its per-call Python checks, for CPU sessions whose feeds the caller builds itself:
+    ``InferenceSession.run`` checks the feed names, graph capture and OrtValue ownership in Python before it calls
+    the binding, a few microseconds a call, several times that on a cold CPU (``loadtest/README.md``, issue 27
+    part 4). The binding's ``run(output_names, feeds, run_options)`` still checks names, types and shapes in C++.
+    Falls back to ``session.run`` when the binding is not where it has been (``_sess``) since ONNX Runtime 1.0."""
+    inner = getattr(session, "_sess", None)
+    run = getattr(inner, "run", None)
+    if run is None:
+        return session.run
+    return lambda output_names, feeds: run(output_names, feeds, None)
+
+
+__all__ = ["direct_run", "session", "session_options"]

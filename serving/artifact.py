@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +64,34 @@ class Artifact(ManifestView):
     index: dict[str, Any] | None = None  # the manifest's ``index`` entry (None: an artifact from before it)
     index_path: Path | None = None  # its ``index.faiss`` (read by the backend), None for exact search
 
-    @property
+    # Read on every request: computed once (an artifact never changes once loaded; a reload makes a new one).
+    @cached_property
     def name(self) -> str:
         return str(self.manifest["model"]["name"])
 
-    @property
+    @cached_property
     def version(self) -> str:
         return str(self.manifest["model"]["version"])
 
-    @property
+    @cached_property
     def num_items(self) -> int:
         return int(self.items.shape[0])
 
-    @property
+    @cached_property
     def dim(self) -> int:
         return int(self.items.shape[1])
+
+    @cached_property
+    def max_len(self) -> int:  # type: ignore[override]
+        return ManifestView.max_len.fget(self)  # type: ignore[attr-defined]
+
+    @cached_property
+    def uses_user(self) -> bool:  # type: ignore[override]
+        return ManifestView.uses_user.fget(self)  # type: ignore[attr-defined]
+
+    @cached_property
+    def num_users(self) -> int | None:  # type: ignore[override]
+        return ManifestView.num_users.fget(self)  # type: ignore[attr-defined]
 
     def summary(self) -> dict[str, Any]:
         """What /model shows about the artifact (no file system details beyond its folder name)."""

@@ -31,7 +31,15 @@ import numpy as np
 
 from protocol import ann, onnx_runtime
 from serving.artifact import Artifact, ArtifactError
-from serving.scoring import MATMUL_MAX_ITEMS, MatmulSearcher, OrtSearcher, choose_scoring, settle_ties, topk
+from serving.scoring import (
+    MATMUL_MAX_ITEMS,
+    FusedOrtRanker,
+    MatmulSearcher,
+    OrtSearcher,
+    choose_scoring,
+    settle_ties,
+    topk,
+)
 
 log = logging.getLogger("serving.backends")
 FAISS_GPU_K_CAP = 2048
@@ -154,6 +162,7 @@ class IndexSpec:
     kind: str = "artifact"
     scoring: str = "auto"
     matmul_max_items: int = MATMUL_MAX_ITEMS
+    fuse: bool = True  # scoring ort on the CPU: the encoder and the top-k in one ONNX Runtime session
 
 
 class FaissArtifactSearcher:
@@ -290,6 +299,7 @@ class Backend:
     searcher: Searcher
     items: np.ndarray  # (N, D) float32 host copy, for candidate scoring and full-catalogue scores
     scoring: str = ""  # why this searcher ranks the catalogue (serving.scoring.choose_scoring), for /model
+    fused: FusedOrtRanker | None = None  # encoder + exact top-k in one ORT call (scoring ort, fuse on)
 
     @property
     def on_cuda(self) -> bool:
@@ -323,10 +333,13 @@ class Backend:
             self.encoder.check_output(hist, users)
             q = self.encode(hist, users)
             self.search(q, min(10, len(self.items)))
+            if self.fused is not None:
+                self.fused.rank(hist, users, 10, [np.zeros(0, dtype=np.int64)] * b)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.searcher.device, "encoder": self.encoder.describe(),
-                "index": {**self.searcher.describe(), **({"chosen_because": self.scoring} if self.scoring else {})}}
+                "index": {**self.searcher.describe(), **({"chosen_because": self.scoring} if self.scoring else {})},
+                "fused_encoder_topk": self.fused is not None}
 
 
 def cuda_status() -> dict[str, bool]:
@@ -434,5 +447,13 @@ def _cpu_searcher(artifact: Artifact, threads: int, index: IndexSpec = IndexSpec
 def _cpu_backend(artifact: Artifact, threads: int, index: IndexSpec = IndexSpec()) -> Backend:
     encoder = OrtEncoder(artifact, use_cuda=False, threads=threads)
     searcher, why = _cpu_searcher(artifact, threads, index)
+    fused = None
+    if index.fuse and isinstance(searcher, OrtSearcher):
+        try:
+            fused = FusedOrtRanker(artifact.encoder_path, encoder.output_name, encoder.uses_user, artifact.items,
+                                   threads)
+        except Exception as e:  # noqa: BLE001 - onnx/ORT raise their own types; two sessions still answer
+            log.warning("cannot fuse the encoder with the top-k graph (%s); two ONNX Runtime calls per batch",
+                        _short(e))
     return Backend(name=f"ort-cpu+{searcher.describe()['library'].split()[0]}-cpu", encoder=encoder,
-                   searcher=searcher, items=artifact.items, scoring=why)
+                   searcher=searcher, items=artifact.items, scoring=why, fused=fused)

@@ -65,7 +65,7 @@ class BatcherStopped(Exception):
     """The batcher is shutting down and takes no more work."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     payload: Any
     future: asyncio.Future
@@ -119,6 +119,7 @@ class _Batcher:
         self._last_end = -math.inf  # when it ended (perf_counter)
         if metrics is not None:
             metrics.set_average_batch_size(lambda: self.average_batch_size)
+            metrics.set_queue_depth(lambda: self.depth)
         self._init_mode()
 
     def _idle(self, now: float) -> bool:
@@ -169,8 +170,10 @@ class _Batcher:
         now = time.perf_counter()
         m = self.metrics
         if m is not None:
-            m.queue_depth.set(len(self._queue))
-            m.observe_queue_waits([now - p.enqueued for p in batch])
+            if len(batch) == 1:
+                m.queue_seconds.observe(now - batch[0].enqueued)
+            else:
+                m.observe_queue_waits([now - p.enqueued for p in batch])
             m.batch_size.observe(len(batch))
         try:
             results = list(self.execute([p.payload for p in batch]))
@@ -179,7 +182,8 @@ class _Batcher:
             results = [e] * len(batch)
         self.inference_count += len(batch)
         self.execution_count += 1
-        self._load += LOAD_EWMA * (sum(p.arrival for p in batch) - self._load)  # arrivals, not payloads
+        arrivals = batch[0].arrival if len(batch) == 1 else sum(p.arrival for p in batch)  # arrivals, not payloads
+        self._load += LOAD_EWMA * (arrivals - self._load)
         self._last_end = time.perf_counter()
         if m is not None:
             m.inference_count.inc(len(batch))
@@ -193,10 +197,6 @@ class _Batcher:
             p.loop.call_soon_threadsafe(_deliver, p.future, value, error)
         except RuntimeError:  # event loop already closed
             pass
-
-    def _set_depth(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.set(len(self._queue))
 
 
 class ThreadBatcher(_Batcher):
@@ -240,7 +240,6 @@ class ThreadBatcher(_Batcher):
             items = self._admit(payloads)
             self._queue.extend(items)
             self._cond.notify()
-        self._set_depth()
         return [i.future for i in items]
 
     def run_job(self, fn: Callable[[], Any]) -> concurrent.futures.Future:

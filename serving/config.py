@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         "loadtest/README.md). GPU backends keep their GPU index")
     matmul_max_items: int = Field(MATMUL_MAX_ITEMS, ge=0, description="scoring=auto: the largest catalogue "
                                   "scored by one matmul per batch (ort)")
+    fuse_topk: bool = Field(
+        True, description="scoring ort on the CPU: the encoder and the top-k graph merged into one ONNX Runtime "
+        "session, one call per batch instead of two (same answers; measured in loadtest/README.md, issue 27 part 4). "
+        "ssi_encode_seconds then times that one call, ssi_search_seconds what follows it")
     # Dynamic batching
     batching_mode: Literal["auto", "loop", "thread"] = Field(
         "auto", description="where batches run: loop = on the event-loop thread (fastest on CPU), thread = one "

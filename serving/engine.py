@@ -63,7 +63,7 @@ def warmup_batch_sizes(settings: Settings) -> list[int]:
 def load_state(settings: Settings, path: Path | None = None) -> ModelState:
     """Load, verify and warm the artifact. Raises ArtifactError (bad artifact) or RuntimeError (device)."""
     artifact = load_artifact(path or artifact_to_serve(settings))
-    index = IndexSpec(settings.index, settings.scoring, settings.matmul_max_items)
+    index = IndexSpec(settings.index, settings.scoring, settings.matmul_max_items, settings.fuse_topk)
     backend = create_backend(artifact, settings.device, settings.ort_threads, index)
     t0 = time.perf_counter()
     backend.warmup(warmup_batch_sizes(settings), artifact.max_len)
@@ -162,11 +162,11 @@ def map_ids(art: Artifact, raw: list[Any]) -> tuple[np.ndarray, list[Any]]:
     if art.id_map is None:
         if not raw:
             return _NO_IDS, []
-        if set(map(type, raw)) == {int}:  # the usual request: integers only, checked in one array pass
+        if set(map(type, raw)) == {int}:  # the usual request: integers only
             ids = np.fromiter(raw, dtype=np.int64, count=len(raw))
-            known = (ids >= 1) & (ids <= n)
-            if known.all():
+            if min(raw) >= 1 and max(raw) <= n:  # all known: builtins, no numpy call (cheaper on a cold CPU)
                 return ids, []
+            known = (ids >= 1) & (ids <= n)
             return ids[known], [r for r, ok in zip(raw, known.tolist()) if not ok]
         known_ids: list[int] = []
         unknown: list[Any] = []
@@ -265,13 +265,16 @@ class Executor:
 
     def __call__(self, batch: list[Query]) -> list[Ranked | Exception]:
         state = batch[0].state
-        if all(q.state is state for q in batch):  # the usual case: one version
-            groups = [list(range(len(batch)))]
-        else:
-            by: dict[int, list[int]] = defaultdict(list)
-            for i, q in enumerate(batch):
-                by[id(q.state)].append(i)
-            groups = list(by.values())
+        if len(batch) == 1 or all(q.state is state for q in batch):  # the usual case: one version
+            try:
+                return list(self._run(state, batch))
+            except Exception as e:  # an inference failure fails the batch
+                log.exception("inference failed for %d requests", len(batch))
+                return [e] * len(batch)
+        by: dict[int, list[int]] = defaultdict(list)  # during a reload: each version with its own model
+        for i, q in enumerate(batch):
+            by[id(q.state)].append(i)
+        groups = list(by.values())
         out: list[Ranked | Exception] = [RuntimeError("not executed")] * len(batch)
         for rows in groups:
             queries = [batch[i] for i in rows]
@@ -291,16 +294,25 @@ class Executor:
         hist = np.zeros((len(qs), length), dtype=np.int64)
         for i, q in enumerate(qs):  # left-padded: the most recent item last
             hist[i, length - len(q.recent):] = q.recent
-        users = np.fromiter((q.user for q in qs), dtype=np.int64, count=len(qs))
-        queries = backend.encode(hist, users)
-        t1 = time.perf_counter()
+        users = np.array([q.user for q in qs], dtype=np.int64)
         results: list[Ranked | None] = [None] * len(qs)
         whole = [i for i, q in enumerate(qs) if q.candidates is None]
-        if whole:
-            if getattr(backend.searcher, "supports_mask", False):
-                self._search_masked(backend, queries, qs, whole, results)
-            else:
-                self._search(backend, queries, qs, whole, results)
+        fused = backend.fused
+        if fused is not None and whole:  # encoder + top-k in one ONNX Runtime call (candidate rows: query only)
+            ex = [q.exclude if q.candidates is None else _NO_IDS for q in qs]
+            queries, scores, ids = fused.rank(hist, users, max(qs[i].k for i in whole), ex)
+            t1 = time.perf_counter()
+            if len(whole) < len(qs):
+                scores, ids = scores[whole], ids[whole]
+            self._collect(scores, ids, [qs[i].k for i in whole], whole, results)
+        else:
+            queries = backend.encode(hist, users)
+            t1 = time.perf_counter()
+            if whole:
+                if getattr(backend.searcher, "supports_mask", False):
+                    self._search_masked(backend, queries, qs, whole, results)
+                else:
+                    self._search(backend, queries, qs, whole, results)
         if len(whole) < len(qs):
             n = len(backend.items)
             for i, q in enumerate(qs):
@@ -313,14 +325,20 @@ class Executor:
             self.metrics.search_seconds.observe(t2 - t1)
         return results  # type: ignore[return-value]
 
-    @staticmethod
-    def _search_masked(backend: Backend, queries: np.ndarray, qs: list[Query], rows: list[int],
+    @classmethod
+    def _search_masked(cls, backend: Backend, queries: np.ndarray, qs: list[Query], rows: list[int],
                        results: list[Ranked | None]) -> None:
         """Whole-catalogue requests in one scoring call: excluded items scored -inf, the top k of the rest."""
         ks = [qs[i].k for i in rows]
-        k = max(ks)
         scores, ids = backend.searcher.search_masked(  # type: ignore[attr-defined]
-            queries if len(rows) == len(qs) else queries[rows], k, [qs[i].exclude for i in rows])
+            queries if len(rows) == len(qs) else queries[rows], max(ks), [qs[i].exclude for i in rows])
+        cls._collect(scores, ids, ks, rows, results)
+
+    @staticmethod
+    def _collect(scores: np.ndarray, ids: np.ndarray, ks: list[int], rows: list[int],
+                 results: list[Ranked | None]) -> None:
+        """Row ``j`` of a masked top-k (best first, -inf where fewer than k items were left) -> ``results[rows[j]]``,
+        its first ``ks[j]``."""
         complete = np.isfinite(scores[:, -1]) if scores.shape[1] else np.ones(len(rows), dtype=bool)  # best first
         for j, i in enumerate(rows):
             kk = ks[j]

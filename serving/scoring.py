@@ -271,18 +271,16 @@ class OrtSearcher:
         import onnxruntime as ort
 
         self.session = onnx_runtime.session(scoring_graph(items), threads)
-        self.run = self.session.run
+        self.run = onnx_runtime.direct_run(self.session)
         self.items = items
         self.n = len(items)
         self.version = ort.__version__
         self._k = {}  # k -> its (1,) int64 input, made once per k
-        self._none = np.zeros((1, 1), dtype=np.int64)  # one row, nothing excluded but the padding column 0
+        self._none = _NONE_EXCLUDED
+        self.outputs = ["scores", "ids"]
 
     def _k_input(self, k: int) -> np.ndarray:
-        arr = self._k.get(k)
-        if arr is None:
-            arr = self._k[k] = np.array([k], dtype=np.int64)
-        return arr
+        return k_input(self._k, k)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         b = len(queries)
@@ -290,17 +288,7 @@ class OrtSearcher:
 
     def search_masked(self, queries: np.ndarray, k: int, exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of each row with ``exclude[i]`` (internal ids) scored -inf."""
-        if len(exclude) == 1:
-            e = exclude[0]
-            if not len(e):
-                return self._run(queries, k, self._none)
-            ex = np.zeros((1, len(e) + 1), dtype=np.int64)
-            ex[0, 1:] = e
-            return self._run(queries, k, ex)
-        ex = np.zeros((len(exclude), 1 + max(map(len, exclude), default=0)), dtype=np.int64)
-        for i, e in enumerate(exclude):
-            ex[i, 1:1 + len(e)] = e  # the rest stays 0: the padding column, excluded anyway
-        return self._run(queries, k, ex)
+        return self._run(queries, k, exclude_matrix(exclude))
 
     def _run(self, queries: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         b = len(queries)
@@ -309,12 +297,94 @@ class OrtSearcher:
             return np.zeros((b, 0), dtype=np.float32), np.zeros((b, 0), dtype=np.int64)
         q = queries if queries.dtype == np.float32 and queries.flags.c_contiguous else np.ascontiguousarray(
             queries, dtype=np.float32)
-        scores, ids = self.run(None, {"query": q, "exclude": exclude, "k": self._k_input(k)})
+        scores, ids = self.run(self.outputs, {"query": q, "exclude": exclude, "k": self._k_input(k)})
         return scores, ids
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.index_type, "library": f"onnxruntime {self.version}", "device": self.device,
                 "ntotal": self.n, "topk": "ONNX TopK (ties: lower index first)"}
+
+
+_NONE_EXCLUDED = np.zeros((1, 1), dtype=np.int64)  # one row, nothing excluded but the padding column 0
+
+
+def exclude_matrix(exclude: list[np.ndarray]) -> np.ndarray:
+    """The ``exclude`` input of the scoring graph: (B, 1 + longest) int64, row ``i`` = 0 (the padding column,
+    always excluded) then ``exclude[i]``, padded with 0."""
+    if len(exclude) == 1:
+        e = exclude[0]
+        if not len(e):
+            return _NONE_EXCLUDED
+        ex = np.zeros((1, len(e) + 1), dtype=np.int64)
+        ex[0, 1:] = e
+        return ex
+    ex = np.zeros((len(exclude), 1 + max(map(len, exclude), default=0)), dtype=np.int64)
+    for i, e in enumerate(exclude):
+        ex[i, 1:1 + len(e)] = e  # the rest stays 0: the padding column, excluded anyway
+    return ex
+
+
+def k_input(cache: dict[int, np.ndarray], k: int) -> np.ndarray:
+    """The (1,) int64 ``k`` input of the scoring graph, made once per k."""
+    arr = cache.get(k)
+    if arr is None:
+        arr = cache[k] = np.array([k], dtype=np.int64)
+    return arr
+
+
+FUSED_PREFIX = "topk/"  # the scoring graph's names inside the fused graph
+
+
+def fused_graph(encoder: str | Any, query_name: str, items: np.ndarray) -> bytes:
+    """The artifact's encoder followed by ``scoring_graph`` in one ONNX model: ``(history[, user], topk/exclude,
+    topk/k) -> (query, topk/scores, topk/ids)``. The encoder's output feeds the scoring graph's ``query``; the
+    scoring graph takes the encoder's opset and IR version (``onnx.compose.merge_models`` needs them equal). Raises
+    what ``onnx`` raises when the encoder cannot be merged (the caller then keeps the two sessions)."""
+    import onnx
+    from onnx import compose
+
+    enc = onnx.load(str(encoder))
+    opset = max((o.version for o in enc.opset_import if o.domain in ("", "ai.onnx")), default=SCORING_OPSET)
+    sc = onnx.load_from_string(scoring_graph(items))
+    for o in sc.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = max(opset, 11)
+    sc.ir_version = enc.ir_version
+    sc = compose.add_prefix(sc, FUSED_PREFIX)
+    merged = compose.merge_models(
+        enc, sc, io_map=[(query_name, FUSED_PREFIX + "query")],
+        outputs=[query_name, FUSED_PREFIX + "scores", FUSED_PREFIX + "ids"])
+    return merged.SerializeToString()
+
+
+class FusedOrtRanker:
+    """The encoder and ``OrtSearcher``'s exact top-k in one ONNX Runtime session: one ``run`` per batch instead of
+    two (``fused_graph``). It gives the query vectors too (candidate lists are scored from them), and the same
+    answers as the two sessions (the same graphs; ``tests/serving/test_serving_scoring.py``).
+
+    Why: at a moderate rate each request finds the CPU's caches cold, and every ORT call pays its fixed cost
+    (input checks, output allocation, the executor's set-up) again; one call instead of two per batch was
+    measured in ``loadtest/README.md`` (issue 27 part 4)."""
+
+    def __init__(self, encoder_path: Any, query_name: str, uses_user: bool, items: np.ndarray,
+                 threads: int = 1) -> None:
+        self.session = onnx_runtime.session(fused_graph(encoder_path, query_name, items), threads)
+        self.run = onnx_runtime.direct_run(self.session)
+        self.n = len(items)
+        self.uses_user = uses_user  # the encoder's inputs: "history" (B, L) int64 [, "user" (B,) int64]
+        self.outputs = [query_name, FUSED_PREFIX + "scores", FUSED_PREFIX + "ids"]
+        self._k: dict[int, np.ndarray] = {}
+
+    def rank(self, history: np.ndarray, users: np.ndarray, k: int,
+             exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, L) int64 histories, (B,) int64 users, k, the excluded internal ids per row -> (queries (B, D)
+        float32, scores (B, k'), ids (B, k')) with ``k' = min(k, N)``, best first (as ``OrtSearcher``)."""
+        feeds = {"history": history, FUSED_PREFIX + "exclude": exclude_matrix(exclude),
+                 FUSED_PREFIX + "k": k_input(self._k, max(1, min(k, self.n)))}
+        if self.uses_user:
+            feeds["user"] = users
+        queries, scores, ids = self.run(self.outputs, feeds)
+        return queries, scores, ids
 
 
 def choose_scoring(setting: str, num_items: int, max_items: int = MATMUL_MAX_ITEMS) -> tuple[str, str]:

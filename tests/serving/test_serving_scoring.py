@@ -179,3 +179,31 @@ def test_measure_reports_both_paths() -> None:
     rows = measure(items, batch_sizes=(1, 4), reps=3)
     assert [r["batch"] for r in rows] == [1, 4]
     assert all(r["same_topk"] and r["matmul_us"] > 0 and r["faiss_us"] > 0 and r["ort_us"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fused_encoder_and_topk_answer_as_the_two_sessions(artifact_v1: Path, seed: int) -> None:
+    """fuse_topk (the CPU default with scoring ort): the encoder and the top-k graph in one ONNX Runtime session give
+    the answers of the two sessions, for batches that mix excluded items, candidate lists and different k."""
+    from serving.config import Settings
+    from serving.engine import Executor, Query, load_state
+
+    fused = load_state(Settings(artifact_path=artifact_v1))
+    plain = load_state(Settings(artifact_path=artifact_v1, fuse_topk=False))
+    assert fused.backend.fused is not None and plain.backend.fused is None
+    assert fused.backend.describe()["fused_encoder_topk"] is True
+    n, length = fused.artifact.num_items, fused.artifact.max_len
+    rng = np.random.default_rng(seed)
+    run = Executor()
+    for _ in range(30):
+        a, b = [], []
+        for _ in range(int(rng.integers(1, 7))):
+            recent = rng.integers(1, n + 1, size=int(rng.integers(1, length + 1)))
+            candidates = np.unique(rng.integers(1, n + 1, size=8)) if rng.random() < 0.25 else None
+            exclude = recent if rng.random() < 0.5 else np.zeros(0, dtype=np.int64)
+            k, user = int(rng.integers(1, n + 3)), int(rng.integers(0, 3))
+            a.append(Query(fused, recent, user, k, exclude, candidates))
+            b.append(Query(plain, recent, user, k, exclude, candidates))
+        for x, y in zip(run(a), run(b)):
+            np.testing.assert_array_equal(x.ids, y.ids)
+            np.testing.assert_allclose(x.scores, y.scores, rtol=1e-5, atol=1e-6)

@@ -359,16 +359,19 @@ def test_both_batching_modes_give_the_same_answers(make_client, artifact_root: P
 
 def test_inference_failure_is_a_json_500_and_the_server_recovers(client: TestClient) -> None:
     backend = client.app.state.service.state.backend
-    inner = backend.encode
+    inner, fused = backend.encode, backend.fused
+    assert fused is not None  # the CPU default: encoder + top-k in one ORT call (fuse_topk)
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated ORT failure")
 
     backend.encode = broken
+    fused.rank = broken  # the instance attribute hides the method
     try:
         r = post(client, {"history": [1, 2]})
     finally:
         backend.encode = inner
+        del fused.rank
     assert r.status_code == 500 and r.json()["error"] == "inference_failed"
     assert "Traceback" not in r.text and "simulated" not in r.text
     assert post(client, {"history": [1, 2]}).status_code == 200
