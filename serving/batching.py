@@ -57,6 +57,9 @@ LOAD_EWMA = 0.2  # weight of the newest batch size in the moving average of batc
 BUSY_BATCH = 1.5  # under load when that average is at least this
 
 
+NOT_NOW = object()  # LoopBatcher.run_now: not run, queue it
+
+
 class QueueFullError(Exception):
     """The request queue is full; retry later."""
 
@@ -374,6 +377,24 @@ class LoopBatcher(_Batcher):
         else:
             self._schedule(items[0].loop, now=self.max_queue_delay_s <= 0 or self._size_reached(size))
         return [i.future for i in items]
+
+    def run_now(self, payload: Any) -> Any:
+        """The eager case of ``enqueue`` for one payload, run here without a queue entry or a future: its result
+        (an ``Exception`` instance for a failed request), or ``NOT_NOW`` when the payload must be queued (the
+        server is not idle, something is queued or a flush is due, or the last arrival or batch end was less than
+        ``max(max_queue_delay, EAGER_GAP_S)`` ago; nothing has changed then). Counted as ``enqueue`` counts it (an
+        arrival, an idle and eager dispatch, its queue wait, the batch of one). Call from the event loop."""
+        if self._stopping:
+            raise BatcherStopped("server is shutting down")
+        if self._queue or self._flush_handle is not None:
+            return NOT_NOW
+        now = time.perf_counter()
+        if now - max(self._last_arrival, self._last_end) <= self._eager_gap or not self._idle(now):
+            return NOT_NOW
+        self._last_arrival = now
+        self.idle_dispatches += 1
+        self.eager_dispatches += 1
+        return self._execute([_Pending(payload, None, None, now)])[0]  # type: ignore[arg-type]
 
     def run_job(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run ``fn()`` on the job thread. Call from any thread but the event loop's."""

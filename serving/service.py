@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from serving.artifact import ArtifactError
-from serving.batching import BatcherStopped, LoopBatcher, QueueFullError, ThreadBatcher
+from serving.batching import NOT_NOW, BatcherStopped, LoopBatcher, QueueFullError, ThreadBatcher
 from serving.config import Settings
 from serving.engine import Executor, ModelState, Prepared, load_state, prepare, to_answer
 from serving.errors import ServingError
@@ -145,8 +145,19 @@ class Service:
         return [to_answer(p, p.result if p.query is None else ranked[id(p)]) for p in prepared]
 
     async def _run(self, queries: list[Any]) -> list[Any]:
+        batcher = self._batcher()
+        if len(queries) == 1 and isinstance(batcher, LoopBatcher):  # a lone request on an idle server: run here
+            try:
+                result = batcher.run_now(queries[0])
+            except BatcherStopped as e:
+                raise ServingError(503, "shutting_down", str(e), headers={"Retry-After": RETRY_AFTER_S}) from None
+            if result is not NOT_NOW:
+                if isinstance(result, Exception):
+                    log.error("inference failed", exc_info=result)
+                    raise ServingError(500, "inference_failed", "inference failed; see the server log") from None
+                return [result]
         try:
-            futures = self._batcher().enqueue(queries)
+            futures = batcher.enqueue(queries)
         except QueueFullError as e:
             raise ServingError(503, "overloaded", f"{e}; retry shortly", headers={"Retry-After": RETRY_AFTER_S}) from None
         except BatcherStopped as e:

@@ -375,3 +375,36 @@ def test_loop_mode_jobs_run_on_their_own_thread() -> None:
             b.run_job(lambda: 1 / 0).result(5)
     finally:
         b.stop()
+
+
+def test_loop_run_now_runs_a_lone_request_at_once_and_counts_it_as_enqueue_would() -> None:
+    """LoopBatcher.run_now (the service's path for a lone request): on an idle server the payload runs in the caller,
+    without a queue entry or a future, counted as an arrival, an idle and eager dispatch and a batch of one; when a
+    request is queued, or the last arrival was too recent, it answers NOT_NOW and changes nothing."""
+    from serving.batching import NOT_NOW
+
+    rec = Recorder()
+    metrics = ServingMetrics()
+    b = LoopBatcher(rec, max_batch_size=8, max_queue_delay_s=0.0, max_queue_size=10, metrics=metrics)
+    b.start()
+
+    async def main() -> tuple:
+        first = b.run_now(3)
+        too_soon = b.run_now(4)  # within EAGER_GAP_S of the first: queue it
+        await asyncio.sleep(2 * serving.batching.EAGER_GAP_S)
+        failed = b.run_now("boom")
+        fut = b.enqueue([5, 6])  # right after a batch: queued, flushed at the end of this loop turn
+        busy = b.run_now(7)  # something is queued
+        return first, too_soon, failed, busy, await asyncio.gather(*fut)
+
+    try:
+        first, too_soon, failed, busy, queued = run(main())
+    finally:
+        b.stop()
+    assert first == 6 and too_soon is NOT_NOW and busy is NOT_NOW and queued == [10, 12]
+    assert isinstance(failed, ValueError)
+    assert rec.sizes == [1, 1, 2] and b.inference_count == 4 and b.execution_count == 3
+    assert b.eager_dispatches == 2 and b.idle_dispatches == 3
+    assert metrics.sample("ssi_queue_seconds_count") == 4 and metrics.sample("ssi_batch_size_count") == 3
+    with pytest.raises(BatcherStopped):
+        b.run_now(1)
