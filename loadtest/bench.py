@@ -267,8 +267,8 @@ def step_users(server: ManagedServer, traffic: TrafficConfig, users: list[int], 
 STAGES = [  # (label, candidate histogram names)
     ("parse", ("ssi_parse_seconds",)),
     ("queue", ("ssi_queue_seconds",)),
-    ("encode", ("ssi_encode_seconds",)),
-    ("search", ("ssi_search_seconds",)),
+    ("encode (fuse_topk: encoder + top-k, one ONNX Runtime call)", ("ssi_encode_seconds",)),
+    ("search (fuse_topk: the answers from its output)", ("ssi_search_seconds",)),
     ("serialise", ("ssi_serialize_seconds", "ssi_serialise_seconds")),
 ]
 
