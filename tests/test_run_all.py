@@ -284,7 +284,6 @@ def test_sasrec_ce_is_a_student_alone_and_distils_from_its_own_runs() -> None:
     ``sasrec_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2`` is SASRec-CE distilled from three sasrec_ce runs, paired with
     ``sasrec_ce``, and a candidate to serve like every student."""
     from training.catalogue import (
-        PLAIN_SAS_TEACHERS,
         SpecError,
         alone_of,
         compose,
@@ -294,13 +293,14 @@ def test_sasrec_ce_is_a_student_alone_and_distils_from_its_own_runs() -> None:
     )
     from training.run_all import Run, choose_served, plan
 
+    own = ("sasrec_ce@0", "sasrec_ce@1", "sasrec_ce@2")
     alone = spec_of("sasrec_ce")
     assert alone.student_key == ("sasrec", "ce") and alone.baseline is None and not alone.teachers
     assert is_student_row("sasrec_ce") and student_label("sasrec_ce") == "sasrec_ce" and alone_of("sasrec_ce") is None
-    name = compose("sasrec_ce", PLAIN_SAS_TEACHERS)
+    name = compose("sasrec_ce", own)
     assert name == "sasrec_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2"
     spec = spec_of(name)
-    assert (spec.group, spec.student, spec.loss, spec.teachers) == ("student", "sasrec", "ce", PLAIN_SAS_TEACHERS)
+    assert (spec.group, spec.student, spec.loss, spec.teachers) == ("student", "sasrec", "ce", own)
     assert alone_of(name) == student_label(name) == "sasrec_ce" and is_student_row(name)
     assert alone_of(compose("sasrec_ce", ("sasrec_ce",), "t2")) == "sasrec_ce"
     runs = plan(["toys"], ["sasrec_ce", name], [42, 43, 44], [])
@@ -352,3 +352,55 @@ def test_a_sasrec_ce_run_of_the_baseline_path_stays_finished(tmp_path) -> None:
     got = execute(run, ds, "smoke", tmp_path, resume=True, seeds=[42])
     tag_run(run.dir(tmp_path), "sasrec_ce", "smoke")
     assert got["test"] == m["test"] and got["best_epoch"] == m["best_epoch"] and files() == before
+
+
+def test_sasrec_ce_prefix_is_a_student_alone_and_the_sas_teachers_control() -> None:
+    """``sasrec_ce_prefix`` (SASRec-CE on every prefix, recipe ``sasrec_prefix``) is a student alone of its own,
+    apart from ``sasrec_ce`` (the same model, other examples): it distils from its own runs, is distilled into
+    HGN-CE, is the SASRec teachers' plain control, and is served like every student."""
+    from training.catalogue import (
+        PLAIN_SAS_TEACHERS,
+        SAS_TEACHERS,
+        alone_of,
+        compose,
+        is_student_row,
+        spec_of,
+        student_label,
+    )
+    from training.run_all import Run, choose_served, plan
+
+    alone = spec_of("sasrec_ce_prefix")
+    assert alone.student_key == ("sasrec_prefix", "ce") != spec_of("sasrec_ce").student_key
+    assert alone.baseline is None and not alone.teachers and is_student_row("sasrec_ce_prefix")
+    assert student_label("sasrec_ce_prefix") == "sasrec_ce_prefix" and alone_of("sasrec_ce_prefix") is None
+    assert PLAIN_SAS_TEACHERS == ("sasrec_ce_prefix@0", "sasrec_ce_prefix@1", "sasrec_ce_prefix@2")
+    born_again, kd = compose("sasrec_ce_prefix", PLAIN_SAS_TEACHERS), compose("hgn_ce", PLAIN_SAS_TEACHERS)
+    assert born_again == "sasrec_ce_prefix--sasrec_ce_prefix@0+sasrec_ce_prefix@1+sasrec_ce_prefix@2"
+    assert kd == "hgn_ce--sasrec_ce_prefix@0+sasrec_ce_prefix@1+sasrec_ce_prefix@2"
+    spec = spec_of(born_again)
+    assert (spec.group, spec.student, spec.loss, spec.teachers) == ("student", "sasrec_prefix", "ce",
+                                                                   PLAIN_SAS_TEACHERS)
+    assert alone_of(born_again) == student_label(born_again) == "sasrec_ce_prefix" and is_student_row(born_again)
+    assert alone_of(kd) == student_label(kd) == "hgn_ce"
+    assert alone_of(compose("sasrec_ce_prefix", ("teacher_sas_temporal",), "t2")) == "sasrec_ce_prefix"
+    # the existing sasrec_ce compositions keep their meaning
+    assert alone_of("hgn_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2") == "hgn_ce"
+    assert alone_of("sasrec_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2") == "sasrec_ce"
+    seeds = [42, 43, 44]
+    runs = plan(["toys"], ["sasrec_ce_prefix", born_again, kd], seeds, [])
+    assert [(r.model, r.seed) for r in runs] == [("sasrec_ce_prefix", s) for s in seeds] + \
+        [(born_again, s) for s in seeds] + [(kd, s) for s in seeds]
+    # the task ablation: the SAS teachers against their plain control on the same seeds
+    ablation = plan(["toys"], [compose("hgn_ce", SAS_TEACHERS), kd], seeds, [])
+    assert sorted(r.seed for r in ablation if r.model == "sasrec_ce_prefix") == seeds
+
+    def scored(full: float) -> dict:
+        return {"valid": {"full": {"ndcg@10": full}, "sampled": {"ndcg@10": 0.3}}}
+
+    results = {Run("toys", "sasrec_ce", 42): scored(0.064), Run("toys", "sasrec_ce_prefix", 42): scored(0.075),
+               Run("toys", born_again, 42): scored(0.078), Run("toys", kd, 42): scored(0.06)}
+    best, why = choose_served(results, "toys")
+    assert best.model == born_again and "beats the same student alone (sasrec_ce_prefix: best valid full N@10 0.0750" in why
+    del results[Run("toys", born_again, 42)]
+    best, why = choose_served(results, "toys")
+    assert best.model == "sasrec_ce_prefix" and "trained ALONE" in why

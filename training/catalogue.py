@@ -23,12 +23,14 @@ PAPER_TEACHERS = tuple(f"teacher_{v}" for v in TEACHER_VARIANTS)
 GRU_TEACHERS = tuple(f"teacher_gru_{v}@{k}" for k, v in enumerate(TEACHER_VARIANTS))
 # plain GRU4Rec (CE) runs on the same three seeds: the GRU teachers without their consistency task
 PLAIN_GRU_TEACHERS = ("gru4rec@0", "gru4rec@1", "gru4rec@2")
-# the same tasks on SASRec-CE (the sasrec_ce recipe): the three task teachers on seeds + 0, 1, 2, and the plain
-# sasrec_ce runs on those seeds, the control without a task. No student row names them: students are
-# compositions, e.g. hgn_ce--teacher_sas_temporal@0+teacher_sas_persona@1+teacher_sas_global@2 against
-# hgn_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2 (catalogue: "runs as compositions" below).
+# the same tasks on SASRec-CE (the sasrec_prefix recipe: sasrec_ce's model and trainer config on every prefix
+# segment): the three task teachers on seeds + 0, 1, 2, and the plain sasrec_ce_prefix runs on those seeds, the
+# control without a task (the teachers' exact recipe; sasrec_ce trains on other examples and batches). No student
+# row names them: students are compositions, e.g.
+# hgn_ce--teacher_sas_temporal@0+teacher_sas_persona@1+teacher_sas_global@2 against
+# hgn_ce--sasrec_ce_prefix@0+sasrec_ce_prefix@1+sasrec_ce_prefix@2 (catalogue: "runs as compositions" below).
 SAS_TEACHERS = tuple(f"teacher_sas_{v}@{k}" for k, v in enumerate(TEACHER_VARIANTS))
-PLAIN_SAS_TEACHERS = ("sasrec_ce@0", "sasrec_ce@1", "sasrec_ce@2")
+PLAIN_SAS_TEACHERS = ("sasrec_ce_prefix@0", "sasrec_ce_prefix@1", "sasrec_ce_prefix@2")
 # teacher row prefix -> backbone (training/teachers.py BACKBONES)
 TEACHER_BACKBONES = {"teacher_": "bert4rec", "teacher_gru_": "gru4rec", "teacher_sas_": "sasrec"}
 
@@ -45,7 +47,7 @@ class ModelSpec:
     mostpop: bool = False
     teacher: str | None = None  # bert4rec | temporal | persona | global
     backbone: str = "bert4rec"  # a teacher's backbone: bert4rec (the paper's) | gru4rec | sasrec
-    student: str | None = None  # hgn | gru4rec | sasrec (training/students.py STUDENT_RECIPES)
+    student: str | None = None  # hgn | gru4rec | sasrec | sasrec_prefix (training/students.py STUDENT_RECIPES)
     teachers: tuple[str, ...] = ()  # rows imitated by a student
     members: tuple[str, ...] = ()  # rows whose next-item distributions an ensemble averages
     imitation: ImitationConfig = field(default_factory=ImitationConfig)  # the paper's loss unless a row says otherwise
@@ -63,7 +65,7 @@ class ModelSpec:
 
     @property
     def student_key(self) -> tuple[str, str | None] | None:
-        """(architecture, loss) of a student row, trained alone or with imitation; None for the rest."""
+        """(recipe, loss) of a student row, trained alone or with imitation; None for the rest."""
         return None if self.student is None else (self.student, self.loss)
 
 
@@ -109,6 +111,10 @@ CATALOG: dict[str, ModelSpec] = {
     # reads it from training/baselines.py), so that sasrec_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2 distils it
     # from its own runs (born-again / ensemble distillation), paired with this row
     "sasrec_ce": ModelSpec("baseline", student="sasrec", loss="ce"),
+    # SASRec-CE trained on every prefix segment in batches of equal target count: the SASRec teachers' recipe
+    # (STUDENT_RECIPES["sasrec_prefix"]: sasrec_ce's model and trainer config, GRU4Rec's examples and batches),
+    # the teacher_sas_* rows without their task
+    "sasrec_ce_prefix": ModelSpec("baseline", student="sasrec_prefix", loss="ce"),
     "s3rec": ModelSpec("baseline", baseline="s3rec"),
     "grec": ModelSpec("baseline", baseline="grec"),
     **{f"{prefix}{v}": ModelSpec("teacher", teacher=v, backbone=backbone, all_seeds=False)
@@ -138,9 +144,9 @@ def choice_score(metrics: dict) -> float:
 #   STUDENT--TEACHER[+TEACHER...][--OPTION]   a student distilled from teachers (e.g. hgn_ce--sasrec_ce,
 #                                             hgn_ce--sasrec_ce@0+sasrec_ce@1+sasrec_ce@2--mean)
 #   ensemble--MEMBER+MEMBER[+...]            the mean next-item distribution of finished runs
-# STUDENT is a student trained alone (hgn, hgn_ce, gru4rec, sasrec_ce): its model and loss; TEACHER / MEMBER a row
-# reference (``name`` = its first-seed run, ``name@k`` = first seed + k); OPTION an IMITATION_OPTIONS key
-# (none: the paper's loss). So a new teacher family needs no new row names.
+# STUDENT is a student trained alone (hgn, hgn_ce, gru4rec, sasrec_ce, sasrec_ce_prefix): its recipe and loss;
+# TEACHER / MEMBER a row reference (``name`` = its first-seed run, ``name@k`` = first seed + k); OPTION an
+# IMITATION_OPTIONS key (none: the paper's loss). So a new teacher family needs no new row names.
 SEP, JOIN, ENSEMBLE = "--", "+", "ensemble"
 
 
@@ -264,14 +270,15 @@ def teacher_name(ref: str) -> str:
 
 
 def is_student_row(name: str) -> bool:
-    """A servable student: HGN/GRU4Rec/SASRec-CE alone, or with imitation (SSI, options, ablations, plain KD)."""
+    """A servable student: HGN/GRU4Rec/SASRec-CE (either recipe) alone, or with imitation (SSI, options, ablations,
+    plain KD)."""
     return is_known(name) and spec_of(name).student is not None
 
 
 def student_label(name: str) -> str | None:
     """The student a row trains, as the name of that student alone (``hgn``, ``hgn_ce``, ``gru4rec``,
-    ``sasrec_ce``): the same for ``hgn_ce`` and every row distilled into HGN-CE; None for teachers, baselines
-    and ensembles."""
+    ``sasrec_ce``, ``sasrec_ce_prefix``): the same for ``hgn_ce`` and every row distilled into HGN-CE; None for
+    teachers, baselines and ensembles."""
     key = spec_of(name).student_key
     return None if key is None else alone_of_key(key)
 

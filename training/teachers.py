@@ -27,7 +27,9 @@ the same model trained alone); a causal backbone is any ``models.contracts.Consi
   baseline (rows ``teacher_sas_{temporal,persona,global}``). Its examples are every prefix of every training
   sequence (segments of ``max_len + 1`` items, as GRU4Rec's), where ``sasrec_ce`` takes each user's last
   ``max_len + 1`` items once an epoch: the same targets wherever a sequence fits in one segment (Beauty, Toys),
-  more on long sequences (LastFM).
+  more on long sequences (LastFM), in batches of about equal target count (``StudentTask``) where ``sasrec_ce``
+  batches ``batch_size`` users. That recipe without the task is the ``sasrec_ce_prefix`` row (``training.students``
+  recipe ``sasrec_prefix``), the control of these teachers.
 
 Task accuracy (issue 26): every epoch's history holds ``train_task_acc`` (over the epoch's batches),
 ``train_task_chance``, and ``heldout_task_acc`` / ``heldout_task_chance`` / ``heldout_task_loss`` on a fixed
@@ -408,9 +410,10 @@ BACKBONES: dict[str, BackboneSpec] = {
     # GRU4Rec (CE), the GRU4Rec student's trainer preset
     "gru4rec": BackboneSpec(GRU4Rec, False, lambda preset, seed, progress: dataclasses.asdict(
         student_train_config("gru4rec", preset, seed, progress)), {"special_tokens": 2}, "gru4rec"),
-    # SASRec-CE, the sasrec_ce baseline's trainer preset (training/baselines.py)
+    # SASRec-CE, the sasrec_ce baseline's trainer preset (training/baselines.py) on every prefix (StudentTask's
+    # examples and batches): without the task, the sasrec_ce_prefix row (training/students.py "sasrec_prefix")
     "sasrec": BackboneSpec(SASRec, False, lambda preset, seed, progress: dataclasses.asdict(
-        BASELINE_TRAIN_PRESETS[preset]), {"special_tokens": 2}, "sasrec_ce"),
+        BASELINE_TRAIN_PRESETS[preset]), {"special_tokens": 2}, "sasrec_ce_prefix"),
 }
 
 

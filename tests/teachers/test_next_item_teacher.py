@@ -79,7 +79,7 @@ def test_a_sasrec_teacher_has_the_sasrec_ce_recipe(preset: str) -> None:
     assert (s.train.lr, s.train.batch_size, s.train.patience, s.train.epochs, s.train.weight_decay) == \
         (base.lr, base.batch_size, base.patience, base.epochs, base.weight_decay)
     assert s.train.max_len == s.model.max_len and s.train.seed == 7
-    with pytest.raises(ValueError, match="sasrec_ce baseline"):
+    with pytest.raises(ValueError, match="sasrec_ce_prefix baseline"):
         resolve_setup("bert4rec", preset, 100, backbone="sasrec")
     with pytest.raises(ValueError, match="unknown override"):
         resolve_setup("temporal", preset, 100, overrides={"special_tokens": 0}, backbone="sasrec")

@@ -38,7 +38,8 @@ def test_a_sas_teacher_and_a_student_composed_from_it(tiny_path: Path, tmp_path:
 
 
 def test_sas_teachers_and_their_plain_control_compose_and_plan() -> None:
-    """The task teachers on seeds + 0/1/2 and the plain sasrec_ce runs on the same seeds, as compositions."""
+    """The task teachers on seeds + 0/1/2 and the plain sasrec_ce_prefix runs (their recipe without the task,
+    ``BACKBONES["sasrec"].alone``) on the same seeds, as compositions."""
     from training.catalogue import (
         PLAIN_SAS_TEACHERS,
         SAS_TEACHERS,
@@ -58,7 +59,8 @@ def test_sas_teachers_and_their_plain_control_compose_and_plan() -> None:
     runs = plan(["beauty"], [ssi, kd], [42, 43, 44], [])
     firsts = {(r.model, r.seed) for r in runs if not spec_of(r.model).teachers}
     assert firsts == {("teacher_sas_temporal", 42), ("teacher_sas_persona", 43), ("teacher_sas_global", 44),
-                      ("sasrec_ce", 42), ("sasrec_ce", 43), ("sasrec_ce", 44)}
+                      ("sasrec_ce_prefix", 42), ("sasrec_ce_prefix", 43), ("sasrec_ce_prefix", 44)}
+    assert {r.partition("@")[0] for r in PLAIN_SAS_TEACHERS} == {BACKBONES["sasrec"].alone}
     assert [r.seed for r in runs if r.model == ssi] == [r.seed for r in runs if r.model == kd] == [42, 43, 44]
     assert max(i for i, r in enumerate(runs) if (r.model, r.seed) in firsts) < min(
         i for i, r in enumerate(runs) if spec_of(r.model).teachers)
