@@ -266,26 +266,24 @@ class Executor:
     def __call__(self, batch: list[Query]) -> list[Ranked | Exception]:
         state = batch[0].state
         if len(batch) == 1 or all(q.state is state for q in batch):  # the usual case: one version
-            try:
-                return list(self._run(state, batch))
-            except Exception as e:  # an inference failure fails the batch
-                log.exception("inference failed for %d requests", len(batch))
-                return [e] * len(batch)
+            return self._run_or_fail(state, batch)
         by: dict[int, list[int]] = defaultdict(list)  # during a reload: each version with its own model
         for i, q in enumerate(batch):
             by[id(q.state)].append(i)
-        groups = list(by.values())
         out: list[Ranked | Exception] = [RuntimeError("not executed")] * len(batch)
-        for rows in groups:
+        for rows in by.values():
             queries = [batch[i] for i in rows]
-            try:
-                results: list[Ranked | Exception] = list(self._run(queries[0].state, queries))
-            except Exception as e:  # an inference failure fails this group only
-                log.exception("inference failed for %d requests", len(queries))
-                results = [e] * len(queries)
-            for i, r in zip(rows, results):
+            for i, r in zip(rows, self._run_or_fail(queries[0].state, queries)):
                 out[i] = r
         return out
+
+    def _run_or_fail(self, state: ModelState, qs: list[Query]) -> list[Ranked | Exception]:
+        """``_run``'s answers, or its exception for every query: an inference failure fails these queries only."""
+        try:
+            return list(self._run(state, qs))
+        except Exception as e:
+            log.exception("inference failed for %d requests", len(qs))
+            return [e] * len(qs)
 
     def _run(self, state: ModelState, qs: list[Query]) -> list[Ranked]:
         backend = state.backend
