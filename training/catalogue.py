@@ -33,6 +33,9 @@ SAS_TEACHERS = tuple(f"teacher_sas_{v}@{k}" for k, v in enumerate(TEACHER_VARIAN
 PLAIN_SAS_TEACHERS = ("sasrec_ce_prefix@0", "sasrec_ce_prefix@1", "sasrec_ce_prefix@2")
 # teacher row prefix -> backbone (training/teachers.py BACKBONES)
 TEACHER_BACKBONES = {"teacher_": "bert4rec", "teacher_gru_": "gru4rec", "teacher_sas_": "sasrec"}
+# backbone -> the row of that backbone trained without a task: a task teacher's control in the consistency-task
+# ablation (``task_control``; training/teachers.py BACKBONES[backbone].alone agrees, tested)
+PLAIN_ROWS = {"bert4rec": "bert4rec", "gru4rec": "gru4rec", "sasrec": "sasrec_ce_prefix"}
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,34 @@ def student_label(name: str) -> str | None:
 def alone_of_key(key: tuple[str, str | None]) -> str | None:
     """The catalogue row that trains the student ``key`` without teachers."""
     return next((n for n, s in CATALOG.items() if s.student_key == key and not s.teachers), None)
+
+
+def task_control(name: str) -> str | None:
+    """The control of the consistency-task ablation (issue 26): the same student, loss and imitation distilled
+    from the same number of plain teachers, each task teacher replaced by its backbone's row without a task on the
+    same seed offset (``teacher_sas_temporal@0`` -> ``sasrec_ce_prefix@0``). A catalogue row with that spec keeps
+    its name (``ssi_hgn_ce_gru`` -> ``kd_hgn_ce_gru4rec``), else the composition. None when a row is not a student
+    distilled from task teachers only, or when its imitation has no name to compose with."""
+    if not is_known(name):
+        return None
+    spec = spec_of(name)
+    if spec.student_key is None or not spec.teachers:
+        return None
+    plain = []
+    for ref in spec.teachers:
+        row, at, k = ref.partition("@")
+        teacher = CATALOG[row]
+        if teacher.teacher not in TEACHER_VARIANTS:
+            return None
+        plain.append(f"{PLAIN_ROWS[teacher.backbone]}{at}{k}")
+    key = (spec.student_key, tuple(plain), spec.imitation)
+    named = next((n for n, s in CATALOG.items() if (s.student_key, s.teachers, s.imitation) == key), None)
+    if named is not None:
+        return named
+    option = next((o for o, c in IMITATION_OPTIONS.items() if c == spec.imitation), None)
+    if option is None and spec.imitation != ImitationConfig():
+        return None
+    return compose(alone_of_key(spec.student_key), tuple(plain), option)
 
 
 def alone_of(name: str) -> str | None:

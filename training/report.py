@@ -11,6 +11,7 @@ import json
 import platform
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from training.catalogue import CATALOG, Run, alone_of, choice_score, is_known, spec_of, student_label
+from training.catalogue import (
+    CATALOG,
+    Run,
+    alone_of,
+    choice_score,
+    is_known,
+    spec_of,
+    student_label,
+    task_control,
+)
 from training.io import atomic_write_json, atomic_write_text
 from training.paper import TABLE2, TABLE3
 
@@ -99,29 +109,41 @@ def table3(rows) -> str:
 GAIN_METRICS = (("full", "recall@10"), ("full", "ndcg@10"), ("sampled", "recall@10"), ("sampled", "ndcg@10"))
 
 
-def gains(runs, results) -> tuple[str, list[dict[str, Any]]]:
-    """The SSI gain (student with imitation minus the same student alone), paired by seed: mean +- std
-    of the per-seed differences over the seeds both rows have. Markdown and machine-readable rows."""
+def paired(runs, results, control_of: Callable[[str], str | None],
+           keys: tuple[str, str] = ("ssi", "alone")) -> tuple[str, list[dict[str, Any]]]:
+    """Each row minus its control (``control_of(row)``), paired by seed: mean +- std of the per-seed differences
+    over the seeds both rows have, on test. Markdown and machine-readable rows (``keys``: the two rows' fields)."""
     by = {(r.dataset, r.name, r.seed): results[r] for r in runs if r in results and r.layers is None}
-    md = ["| dataset | gain | seeds | " + " | ".join(f"{p} {m}" for p, m in GAIN_METRICS) + " |",
+    md = ["| dataset | difference | seeds | " + " | ".join(f"{p} {m}" for p, m in GAIN_METRICS) + " |",
           "|---|---|---|" + "---|" * len(GAIN_METRICS)]
     out: list[dict[str, Any]] = []
     names = list(dict.fromkeys(n for _, n, _ in by))
-    pairs = [(n, alone_of(n)) for n in names if alone_of(n)]
+    pairs = [(n, control_of(n)) for n in names if control_of(n)]
     for ds in sorted({k[0] for k in by}):
-        for ssi, alone in pairs:
-            seeds = sorted(s for d, n, s in by if d == ds and n == ssi and (ds, alone, s) in by)
+        for row, control in pairs:
+            seeds = sorted(s for d, n, s in by if d == ds and n == row and (ds, control, s) in by)
             if not seeds:
                 continue
-            cells, row = [], {"dataset": ds, "ssi": ssi, "alone": alone, "seeds": seeds}
+            cells, entry = [], {"dataset": ds, keys[0]: row, keys[1]: control, "seeds": seeds}
             for proto, m in GAIN_METRICS:
-                diffs = [by[(ds, ssi, s)]["test"][proto][m] - by[(ds, alone, s)]["test"][proto][m] for s in seeds]
+                diffs = [by[(ds, row, s)]["test"][proto][m] - by[(ds, control, s)]["test"][proto][m] for s in seeds]
                 mean, std = _agg(diffs)
-                row[f"{proto} {m}"] = {"mean": mean, "std": std, "per_seed": diffs}
+                entry[f"{proto} {m}"] = {"mean": mean, "std": std, "per_seed": diffs}
                 cells.append(f"{mean:+.4f}" + (f" ± {std:.4f}" if len(seeds) > 1 else ""))
-            md.append(f"| {ds} | {ssi} − {alone} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
-            out.append(row)
+            md.append(f"| {ds} | {row} − {control} | {', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+            out.append(entry)
     return "\n".join(md) + "\n", out
+
+
+def gains(runs, results) -> tuple[str, list[dict[str, Any]]]:
+    """The SSI gain: each student with imitation minus the same student alone (``alone_of``), paired by seed."""
+    return paired(runs, results, alone_of)
+
+
+def task_ablation(runs, results) -> tuple[str, list[dict[str, Any]]]:
+    """The consistency-task ablation (issue 26): each student of task teachers minus the same student of as many
+    plain teachers of the same backbone and seeds (``task_control``), paired by seed."""
+    return paired(runs, results, task_control, ("with_tasks", "plain_teachers"))
 
 
 # ---- validation tables: teachers vs students alone, imitation options --------------------------------
@@ -195,10 +217,15 @@ def value_table(latency_json: Path) -> str:
 
 
 def summary(runs, results, gain_md: str, value_md: str = "") -> str:
-    """The README's results block: teachers against the students alone, the imitation gain, the options."""
+    """The README's results block: teachers against the students alone, the imitation gain, the consistency-task
+    ablation (when a student of task teachers and its control both finished), the options."""
+    ablation_md, ablation_rows = task_ablation(runs, results)
+    title = "#### Consistency-task ablation: students of task teachers minus students of plain teachers, paired by seed"
+    ablation = [f"{title} (test)", ablation_md] if ablation_rows else []
     parts = ["#### Teachers and ensembles against the students trained alone (NDCG@10)",
              validation_table(runs, results, list(ALONE), ("teacher_", "ensemble_")),
              "#### Imitation gain: with imitation minus the same student alone, paired by seed (test)", gain_md,
+             *ablation,
              "#### Imitation options (HGN-CE student, GRU teachers), chosen on validation",
              validation_table(runs, results, ["hgn_ce", "ssi_hgn_ce_gru", "kd_hgn_ce_gru4rec"], ("ssi_hgn_ce_gru_",))]
     if value_md:
@@ -368,6 +395,11 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     gain_md, gain_rows = gains(runs, results)
     atomic_write_text(report / "gains.md", "# SSI gain: with imitation minus the same student alone (test)\n\n"
                       "Paired by seed: mean ± std of the per-seed differences.\n\n" + gain_md)
+    ablation_md, ablation_rows = task_ablation(runs, results)
+    atomic_write_text(report / "task_ablation.md", "# Consistency-task ablation: students of task teachers minus the "
+                      "same student of plain teachers (test)\n\nThe control replaces each task teacher by its "
+                      "backbone's row without a task on the same seed (`training.catalogue.task_control`); paired by "
+                      "the student's seed: mean ± std of the per-seed differences.\n\n" + ablation_md)
     value_md = value_table(out / "latency.json")  # written by `python -m export.latency ... --out <out>/latency.json`
     if value_md:
         atomic_write_text(report / "value.md", "# The value of distillation\n\n" + value_md)
@@ -377,6 +409,7 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     doc: dict[str, Any] = {
         "preset": preset, "wall_time_s": round(wall_time_s, 1), "peak_rss_mb": round(peak_rss_mb, 1),
         "packages": _versions(), "figures": figures, "gains": gain_rows,
+        "task_ablation": ablation_rows,
         "datasets": {n: {"path": str(d.path), "sha256": d.sha256, "negatives_sha256": negatives.get(n),
                          "users": d.num_users, "items": d.num_items} for n, d in datasets.items()},
         "served": served or {}, "served_by": "validation full-ranking NDCG@10",

@@ -78,6 +78,7 @@ from protocol import (
     train_sequences,
 )
 from training.baselines import TRAIN_PRESETS as BASELINE_TRAIN_PRESETS
+from training.catalogue import PLAIN_ROWS
 from training.cli import init_distributed, parse_override
 from training.students import ImitationConfig, StudentTask
 from training.students import train_config as student_train_config
@@ -394,26 +395,26 @@ Backbone = Literal["bert4rec", "gru4rec", "sasrec"]
 class BackboneSpec:
     """One teacher backbone: its model class (presets: ``model.config_class``), whether it is trained with the
     cloze (``TeacherTask``, the paper's) or causally (``NextItemTeacherTask``), the trainer preset of the same
-    model trained alone (``(preset, seed, progress) -> TrainConfig`` fields), the config fields that give it
-    the task tokens, and the catalogue row of that model trained alone (what the backbone is without a task)."""
+    model trained alone (``(preset, seed, progress) -> TrainConfig`` fields) and the config fields that give it
+    the task tokens. The catalogue row of that model trained alone (what the backbone is without a task) is
+    ``training.catalogue.PLAIN_ROWS[backbone]``."""
 
     model: type[nn.Module]
     cloze: bool
     train: Callable[[str, int, bool], dict[str, Any]]
     tokens: dict[str, Any]
-    alone: str
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     # the paper's teacher: cloze (+ task); vocab already holds [MASK] and [INT]
-    "bert4rec": BackboneSpec(BERT4Rec, True, lambda preset, seed, progress: TRAIN_PRESETS[preset], {}, "bert4rec"),
+    "bert4rec": BackboneSpec(BERT4Rec, True, lambda preset, seed, progress: TRAIN_PRESETS[preset], {}),
     # GRU4Rec (CE), the GRU4Rec student's trainer preset
     "gru4rec": BackboneSpec(GRU4Rec, False, lambda preset, seed, progress: dataclasses.asdict(
-        student_train_config("gru4rec", preset, seed, progress)), {"special_tokens": 2}, "gru4rec"),
+        student_train_config("gru4rec", preset, seed, progress)), {"special_tokens": 2}),
     # SASRec-CE, the sasrec_ce baseline's trainer preset (training/baselines.py) on every prefix (StudentTask's
     # examples and batches): without the task, the sasrec_ce_prefix row (training/students.py "sasrec_prefix")
     "sasrec": BackboneSpec(SASRec, False, lambda preset, seed, progress: dataclasses.asdict(
-        BASELINE_TRAIN_PRESETS[preset]), {"special_tokens": 2}, "sasrec_ce_prefix"),
+        BASELINE_TRAIN_PRESETS[preset]), {"special_tokens": 2}),
 }
 
 
@@ -451,7 +452,8 @@ def resolve_setup(variant: str, preset: str, num_items: int, seed: int = 42,
     spec = BACKBONES[backbone]
     causal = not spec.cloze
     if causal and variant == "bert4rec":
-        raise ValueError(f"a {backbone} teacher without a consistency task is the {spec.alone} baseline; pick a task")
+        raise ValueError(f"a {backbone} teacher without a consistency task is the {PLAIN_ROWS[backbone]} baseline; "
+                         "pick a task")
     overrides = dict(overrides or {})
     if "seed" in overrides or "num_items" in overrides:
         raise ValueError("seed and num_items are not overrides (use the seed argument; num_items comes from the data)")

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from training import students, teachers
-from training.catalogue import CATALOG, spec_of
+from training.catalogue import CATALOG, PLAIN_ROWS, spec_of
 from training.students import (
     EXAMPLE_SCHEMES,
     STUDENT_RECIPES,
@@ -38,7 +38,7 @@ SEED = 5
 def test_the_prefix_recipe_is_the_sas_teachers_recipe(student_ds, preset: str) -> None:
     """Model and trainer config of the SASRec teachers (but the task tokens); the model's own examples; and
     the catalogue row that trains it is the SASRec backbone's row trained alone."""
-    alone = BACKBONES["sasrec"].alone
+    alone = PLAIN_ROWS["sasrec"]
     assert alone == "sasrec_ce_prefix" and spec_of(alone).student_key == ("sasrec_prefix", "ce")
     assert CATALOG[alone].teachers == () and CATALOG[alone].baseline is None
     recipe = STUDENT_RECIPES[spec_of(alone).student]

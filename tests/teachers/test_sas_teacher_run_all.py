@@ -39,8 +39,9 @@ def test_a_sas_teacher_and_a_student_composed_from_it(tiny_path: Path, tmp_path:
 
 def test_sas_teachers_and_their_plain_control_compose_and_plan() -> None:
     """The task teachers on seeds + 0/1/2 and the plain sasrec_ce_prefix runs (their recipe without the task,
-    ``BACKBONES["sasrec"].alone``) on the same seeds, as compositions."""
+    ``PLAIN_ROWS["sasrec"]``) on the same seeds, as compositions."""
     from training.catalogue import (
+        PLAIN_ROWS,
         PLAIN_SAS_TEACHERS,
         SAS_TEACHERS,
         TEACHER_BACKBONES,
@@ -51,7 +52,7 @@ def test_sas_teachers_and_their_plain_control_compose_and_plan() -> None:
     )
     from training.teachers import BACKBONES
 
-    assert set(TEACHER_BACKBONES.values()) == set(BACKBONES)
+    assert set(TEACHER_BACKBONES.values()) == set(BACKBONES) == set(PLAIN_ROWS)
     assert {spec_of(f"teacher_sas_{v}").backbone for v in ("temporal", "persona", "global")} == {"sasrec"}
     ssi, kd = compose("hgn_ce", SAS_TEACHERS), compose("hgn_ce", PLAIN_SAS_TEACHERS)
     assert ssi == "hgn_ce--teacher_sas_temporal@0+teacher_sas_persona@1+teacher_sas_global@2"
@@ -60,7 +61,7 @@ def test_sas_teachers_and_their_plain_control_compose_and_plan() -> None:
     firsts = {(r.model, r.seed) for r in runs if not spec_of(r.model).teachers}
     assert firsts == {("teacher_sas_temporal", 42), ("teacher_sas_persona", 43), ("teacher_sas_global", 44),
                       ("sasrec_ce_prefix", 42), ("sasrec_ce_prefix", 43), ("sasrec_ce_prefix", 44)}
-    assert {r.partition("@")[0] for r in PLAIN_SAS_TEACHERS} == {BACKBONES["sasrec"].alone}
+    assert {r.partition("@")[0] for r in PLAIN_SAS_TEACHERS} == {PLAIN_ROWS["sasrec"]}
     assert [r.seed for r in runs if r.model == ssi] == [r.seed for r in runs if r.model == kd] == [42, 43, 44]
     assert max(i for i, r in enumerate(runs) if (r.model, r.seed) in firsts) < min(
         i for i, r in enumerate(runs) if spec_of(r.model).teachers)

@@ -28,3 +28,47 @@ def test_task_accuracy_in_the_report(tiny_ds: SequenceDataset, tmp_path: Path) -
     assert curves([run], out, report) == ["curves_tiny_teacher_gru_temporal.png"]
     student = Run("tiny", "hgn", 42)  # a run without a task has no task entry and no table row
     assert task_table([student], {student: {k: v for k, v in metrics.items() if k != "task"}}) == ""
+
+
+def test_task_control_replaces_each_task_teacher_by_its_backbone_alone_on_the_same_seed() -> None:
+    """The ablation's control (issue 26): same student, loss, imitation and seed offsets, plain teachers; a named
+    row keeps its name; rows that are not students of task teachers have none."""
+    from training.catalogue import compose, task_control
+
+    sas = compose("hgn_ce", ("teacher_sas_temporal@0", "teacher_sas_persona@1", "teacher_sas_global@2"))
+    assert task_control(sas) == "hgn_ce--sasrec_ce_prefix@0+sasrec_ce_prefix@1+sasrec_ce_prefix@2"
+    assert task_control(sas + "--mean") == "hgn_ce--sasrec_ce_prefix@0+sasrec_ce_prefix@1+sasrec_ce_prefix@2--mean"
+    assert task_control("ssi_hgn_ce_gru") == "kd_hgn_ce_gru4rec"  # the catalogue's plain-KD row
+    assert task_control("ssi_gru4rec_gru") == "gru4rec--gru4rec@0+gru4rec@1+gru4rec@2"
+    for name in ("hgn_ce", "kd_hgn_ce_gru4rec", "hgn_ce--sasrec_ce@0+sasrec_ce@1", "teacher_sas_global",
+                 "ssi_hgn_ce_gru_no_mse", "not a row"):
+        assert task_control(name) is None, name
+
+
+def test_task_ablation_pairs_by_seed(tmp_path: Path) -> None:
+    """Each student of task teachers minus its control on the seeds both finished; mean and std of the per-seed
+    differences, in task_ablation.md, report.json and the README summary."""
+    from training.catalogue import task_control
+    from training.report import summary, task_ablation
+
+    ssi = "hgn_ce--teacher_sas_temporal@0+teacher_sas_persona@1+teacher_sas_global@2"
+    kd = task_control(ssi)
+
+    def m(v: float) -> dict:
+        cell = {"recall@10": v, "ndcg@10": v / 2}
+        return {"valid": {"full": cell, "sampled": cell}, "test": {"full": cell, "sampled": cell}}
+
+    results = {Run("toys", ssi, 42): m(.30), Run("toys", kd, 42): m(.20),
+               Run("toys", ssi, 43): m(.32), Run("toys", kd, 43): m(.30),
+               Run("toys", ssi, 44): m(.50)}  # no control on seed 44: not paired
+    md, rows = task_ablation(list(results), results)
+    assert len(rows) == 1 and rows[0]["with_tasks"] == ssi and rows[0]["plain_teachers"] == kd
+    assert rows[0]["seeds"] == [42, 43]
+    got = rows[0]["full ndcg@10"]
+    assert got["per_seed"] == [(.30 - .20) / 2, (.32 - .30) / 2]
+    assert abs(got["mean"] - .03) < 1e-12 and got["std"] > 0
+    assert f"| toys | {ssi} − {kd} | 42, 43 | +0.0600 ± 0.0566 |" in md
+    assert "Consistency-task ablation" in summary(list(results), results, "")
+    lone = {r: v for r, v in results.items() if r.model == ssi}
+    assert task_ablation(list(lone), lone)[1] == []
+    assert "Consistency-task ablation" not in summary(list(lone), lone, "")
