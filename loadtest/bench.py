@@ -329,6 +329,24 @@ def latency_breakdown(server: ManagedServer, traffic: TrafficConfig, n: int,
     return out
 
 
+def batching_between(before: dict, after: dict) -> dict[str, Any] | None:
+    """What a load did to our server's batches, from two scrapes of its Prometheus histograms: executed batches,
+    requests per batch, the share of batches of one, and the model call(s) (``ssi_encode_seconds``: with
+    ``fuse_topk`` the one ONNX Runtime call of encoder + top-k) per executed batch and per request. None when the
+    server has no batch histogram (the floor, the naive server)."""
+    sizes = _delta(after, before, "ssi_batch_size")
+    if sizes is None or not sizes.count:
+        return None
+    single = next((c for b, c in sizes.buckets if b == 1.0), math.nan)  # cumulative: the batches of one
+    out: dict[str, Any] = {"batches": sizes.count, "requests": sizes.sum, "mean_batch": sizes.sum / sizes.count,
+                           "share_of_batches_of_one": single / sizes.count}
+    enc = _delta(after, before, "ssi_encode_seconds")
+    if enc is not None and enc.count:
+        out["model_call_us_per_batch"] = 1e6 * enc.sum / enc.count
+        out["model_call_us_per_request"] = 1e6 * enc.sum / sizes.sum
+    return out
+
+
 # ---------------------------------------------------------------------------------- artifact
 
 def resolve_artifact(path: Path) -> Path:
@@ -766,11 +784,14 @@ def main(argv: list[str] | None = None) -> int:
                                           raw / f"{name}-step", log, pin)
                     entry["steps"] = [asdict(s) for s in steps]
                     entry["best"] = asdict(b) if b else None
+                before = _scrape(srv.url) if name == "ours" else {}
                 m = measure(srv, args.moderate_users, args.moderate_seconds, traffic, raw / f"{name}-moderate",
                             rate=args.moderate_rate, loadgen_cpus=pin)
                 entry["moderate"] = asdict(m)
                 log(f"  moderate {args.moderate_rate:.0f} req/s: achieved {m.rps:.0f}, p50 {m.p50_ms:.0f} ms, "
                     f"p99 {m.p99_ms:.0f} ms, failures {m.failures}")
+                if name == "ours":
+                    entry["moderate_batching"] = batching_between(before, _scrape(srv.url))
                 if name == "ours":
                     results["breakdown"] = latency_breakdown(srv, traffic, args.breakdown_requests)
         except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
@@ -796,6 +817,14 @@ def main(argv: list[str] | None = None) -> int:
     load_end = os.getloadavg()
     notes.append(f"1-minute load average at start {load_start[0]:.1f}, at end {load_end[0]:.1f} on {os.cpu_count()} "
                  "cores (above the core count: other processes shared the machine and every figure is low)")
+    mb = next((e.get("moderate_batching") for e in results["servers"] if e["name"] == "ours"), None)
+    if mb:
+        call = (f"; the model call (encoder + top-k) took {mb['model_call_us_per_batch']:.0f} us of wall time per "
+                f"executed batch, {mb['model_call_us_per_request']:.0f} us per request"
+                if "model_call_us_per_request" in mb else "")
+        notes.append(f"ours at the moderate rate ({args.moderate_rate:.0f} req/s from {args.moderate_users} users): "
+                     f"{mb['batches']:.0f} executed batches of {mb['mean_batch']:.1f} requests on average, "
+                     f"{mb['share_of_batches_of_one']:.0%} of them of one request{call} (the server's histograms)")
     bd = results.get("breakdown") or {}
     if bd.get("rest", {}).get("covers"):
         notes.append("the server has no histogram for " + " / ".join(bd["rest"]["covers"]) + ": those stages are "

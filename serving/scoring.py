@@ -441,6 +441,74 @@ def measure(items: np.ndarray, batch_sizes: tuple[int, ...] = (1, 8, 32), k: int
     return rows
 
 
+def identity_graph(d: int) -> bytes:
+    """An ONNX model of one ``Identity`` node on a (batch, d) float input: what any ONNX Runtime call costs."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", d])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SCORING_OPSET)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def measure_cold(encoder_path: Any, query_name: str, uses_user: bool, items: np.ndarray, max_len: int,
+                 num_users: int = 0, batch_sizes: tuple[int, ...] = (1, 10), gap_ms: float = 5.0, rounds: int = 200,
+                 k: int = 10, small_items: int = 500, seed: int = 0) -> list[dict[str, Any]]:
+    """The fused call (``FusedOrtRanker``) against its parts, each call after ``gap_ms`` of sleep (the CPU's caches
+    go cold as between requests at a moderate rate; 0: back to back), the variants interleaved in a shuffled order
+    every round so that a noisy neighbour slows all alike: median microseconds per call and the ratio to the fused
+    call of the same batch size. Variants: ``fused``; ``fused_small`` (the same graph on the first ``small_items``
+    items: what the item table's size costs); ``encoder`` and ``scoring`` (``OrtSearcher``) alone (the two sessions
+    of ``fuse_topk=False``); ``identity`` (one Identity node: what any ONNX Runtime call costs). 1 thread."""
+    import random
+
+    rng = np.random.default_rng(seed)
+    fused = FusedOrtRanker(encoder_path, query_name, uses_user, items)
+    small = FusedOrtRanker(encoder_path, query_name, uses_user, items[:small_items])
+    encoder = onnx_runtime.session(str(encoder_path))
+    enc_run = onnx_runtime.direct_run(encoder)
+    searcher = OrtSearcher(items)
+    ident_run = onnx_runtime.direct_run(onnx_runtime.session(identity_graph(items.shape[1])))
+    none: list[np.ndarray] = []
+    calls: dict[str, Any] = {}
+    for b in batch_sizes:
+        hist = rng.integers(1, len(items) + 1, size=(b, max_len)).astype(np.int64)
+        users = rng.integers(0, max(num_users, 0) + 1, size=b).astype(np.int64)
+        ex = [np.zeros(0, dtype=np.int64)] * b
+        feeds = {"history": hist, **({"user": users} if uses_user else {})}
+        q = enc_run([query_name], feeds)[0]
+        calls[f"fused/{b}"] = lambda hist=hist, users=users, ex=ex: fused.rank(hist, users, k, ex)
+        calls[f"fused_small/{b}"] = lambda hist=hist, users=users, ex=ex: small.rank(
+            (hist - 1) % min(small_items, len(items)) + 1, users, k, ex)
+        calls[f"encoder/{b}"] = lambda feeds=feeds: enc_run([query_name], feeds)
+        calls[f"scoring/{b}"] = lambda q=q, ex=ex: searcher.search_masked(q, k, ex)
+        calls[f"identity/{b}"] = lambda q=q: ident_run(["y"], {"x": q})
+    for fn in calls.values():  # loaded, shapes seen once
+        fn()
+    times: dict[str, list[float]] = {name: none.copy() for name in calls}
+    order = list(calls)
+    shuffle = random.Random(seed)
+    for _ in range(rounds):
+        shuffle.shuffle(order)
+        for name in order:
+            if gap_ms > 0:
+                time.sleep(gap_ms / 1e3)
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+    rows = []
+    for name, t in times.items():
+        variant, b = name.split("/")
+        med = 1e6 * sorted(t)[len(t) // 2]
+        rows.append({"variant": variant, "batch": int(b), "median_us": med})
+    base = {r["batch"]: r["median_us"] for r in rows if r["variant"] == "fused"}
+    for r in rows:
+        r["vs_fused"] = r["median_us"] / base[r["batch"]]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serving.scoring",
                                 description="Measure the exact paths (ONNX Runtime matmul + TopK, numpy matmul + "
@@ -451,7 +519,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", default="1,8,32", help="batch sizes (comma list)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--reps", type=int, default=200)
+    p.add_argument("--cold", action="store_true",
+                   help="with an artifact: time the fused encoder + top-k call against its parts, each call after "
+                        "--gap-ms of sleep (measure_cold), instead of the scoring paths")
+    p.add_argument("--gap-ms", type=float, default=5.0, help="--cold: sleep before each call (0: back to back)")
     args = p.parse_args(argv)
+    if args.cold:
+        if not args.artifact:
+            p.error("--cold needs an artifact")
+        from protocol.artifact import resolve_latest
+        from serving.artifact import load_artifact
+
+        art = load_artifact(resolve_latest(args.artifact))
+        rows = measure_cold(art.encoder_path, art.encoder["output_name"], art.uses_user, art.items, art.max_len,
+                            art.num_users or 0, tuple(int(x) for x in args.batch.split(",")), args.gap_ms, args.reps,
+                            args.k)
+        print(f"item table {art.items.shape[0]} x {art.items.shape[1]}, k={args.k}, 1 thread, {args.gap_ms:g} ms "
+              f"before each call, median of {args.reps} rounds (variants interleaved)")
+        print("| variant | batch | median (us) | / fused |")
+        print("|---|---|---|---|")
+        for r in sorted(rows, key=lambda r: (r["batch"], r["vs_fused"])):
+            print(f"| {r['variant']} | {r['batch']} | {r['median_us']:.0f} | {r['vs_fused']:.2f} |")
+        return 0
     if args.artifact:
         from protocol.artifact import resolve_latest
         from serving.artifact import load_artifact

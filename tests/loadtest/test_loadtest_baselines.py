@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from loadtest.baselines.floor import FixedRanker, create_app
 from loadtest.bench import (
+    batching_between,
     compute_ratios,
     cpu_list_size,
     cpu_per_request_us,
@@ -233,3 +234,25 @@ def test_servers_are_pinned_to_the_cores_the_load_generator_leaves() -> None:
     assert BenchSettings(loadgen_cpus="").server_pinned_cpus() == ""  # load generator not pinned: servers neither
     assert BenchSettings(server_cpus="").server_pinned_cpus() == ""
     assert BenchSettings(server_cpus="1").server_pinned_cpus() == "1"
+
+
+def test_batching_between_reads_our_servers_histograms() -> None:
+    """The moderate-rate batching figures come from two scrapes of the real server's metrics: batches of 1, 1 and 6
+    requests after the first scrape (a batch of 3 before it), the model call 100, 300 and 800 us."""
+    from loadtest.report import parse_prometheus
+    from serving.metrics import ServingMetrics
+
+    m = ServingMetrics()
+    m.batch_size.observe(3)
+    m.encode_seconds.observe(0.5)
+    before = parse_prometheus(m.render().decode())
+    for size, seconds in ((1, 100e-6), (1, 300e-6), (6, 800e-6)):
+        m.batch_size.observe(size)
+        m.encode_seconds.observe(seconds)
+    got = batching_between(before, parse_prometheus(m.render().decode()))
+    assert got is not None
+    assert got["batches"] == 3 and got["requests"] == 8 and got["mean_batch"] == pytest.approx(8 / 3)
+    assert got["share_of_batches_of_one"] == pytest.approx(2 / 3)
+    assert got["model_call_us_per_batch"] == pytest.approx(400.0)
+    assert got["model_call_us_per_request"] == pytest.approx(150.0)
+    assert batching_between(before, before) is None  # no batch in between (and the floor has no such histogram)

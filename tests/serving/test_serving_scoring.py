@@ -16,7 +16,9 @@ from serving.scoring import (
     MatmulSearcher,
     OrtSearcher,
     choose_scoring,
+    identity_graph,
     measure,
+    measure_cold,
     select_topk,
     sort_rows,
     topk,
@@ -207,3 +209,19 @@ def test_fused_encoder_and_topk_answer_as_the_two_sessions(artifact_v1: Path, se
         for x, y in zip(run(a), run(b)):
             np.testing.assert_array_equal(x.ids, y.ids)
             np.testing.assert_allclose(x.scores, y.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_measure_cold_times_the_fused_call_against_its_parts(artifact_v1: Path) -> None:
+    """``python -m serving.scoring ARTIFACT --cold``: every variant at every batch size, the fused call as the unit."""
+    from protocol import onnx_runtime
+
+    art = load_artifact(artifact_v1)
+    rows = measure_cold(art.encoder_path, art.encoder["output_name"], art.uses_user, art.items, art.max_len,
+                        art.num_users or 0, batch_sizes=(1, 3), gap_ms=0.0, rounds=3, small_items=7)
+    assert sorted((r["variant"], r["batch"]) for r in rows) == sorted(
+        (v, b) for v in ("fused", "fused_small", "encoder", "scoring", "identity") for b in (1, 3))
+    assert all(r["median_us"] > 0 for r in rows)
+    assert all(r["vs_fused"] == 1.0 for r in rows if r["variant"] == "fused")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (y,) = onnx_runtime.session(identity_graph(3)).run(["y"], {"x": x})
+    np.testing.assert_array_equal(y, x)
