@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 
 from training.catalogue import (
     CATALOG,
+    ENSEMBLE,
     Run,
     alone_of,
     choice_score,
@@ -216,6 +217,11 @@ def value_table(latency_json: Path) -> str:
     return "\n".join(md) + "\n"
 
 
+def distilled(runs) -> list[str]:
+    """The rows of ``runs`` that distil a student from teachers, in run order."""
+    return list(dict.fromkeys(r.name for r in runs if is_known(r.model) and alone_of(r.model)))
+
+
 def summary(runs, results, gain_md: str, value_md: str = "") -> str:
     """The README's results block: teachers against the students alone, the imitation gain, the consistency-task
     ablation (when a student of task teachers and its control both finished), the options."""
@@ -223,7 +229,8 @@ def summary(runs, results, gain_md: str, value_md: str = "") -> str:
     title = "#### Consistency-task ablation: students of task teachers minus students of plain teachers, paired by seed"
     ablation = [f"{title} (test)", ablation_md] if ablation_rows else []
     parts = ["#### Teachers and ensembles against the students trained alone (NDCG@10)",
-             validation_table(runs, results, list(ALONE), ("teacher_", "ensemble_")),
+             validation_table(runs, results, list(ALONE), ("teacher_", ENSEMBLE)),
+             "#### Students distilled from teachers (NDCG@10)", validation_table(runs, results, distilled(runs)),
              "#### Imitation gain: with imitation minus the same student alone, paired by seed (test)", gain_md,
              *ablation,
              "#### Imitation options (HGN-CE student, GRU teachers), chosen on validation",
@@ -384,7 +391,7 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     atomic_write_text(report / "teachers.md", "# Teachers against the students trained alone (NDCG@10)\n\n"
                       "Choices are made on validation; test beside it. Teachers and ensembles train/evaluate on the "
                       "first seed; students alone are mean ± std over seeds.\n\n"
-                      + validation_table(runs, results, list(ALONE), ("teacher_", "ensemble_", "bert4rec"))
+                      + validation_table(runs, results, list(ALONE), ("teacher_", ENSEMBLE, "bert4rec"))
                       + (f"\n## Consistency tasks: accuracy against chance (held-out: a fixed batch of validation "
                          f"views, training.teachers.HeldoutTask)\n\n{task_md}" if task_md else ""))
     atomic_write_text(report / "options.md", "# Imitation options (HGN-CE student, GRU teachers), chosen on "

@@ -68,7 +68,9 @@ def test_task_ablation_pairs_by_seed(tmp_path: Path) -> None:
     assert got["per_seed"] == [(.30 - .20) / 2, (.32 - .30) / 2]
     assert abs(got["mean"] - .03) < 1e-12 and got["std"] > 0
     assert f"| toys | {ssi} − {kd} | 42, 43 | +0.0600 ± 0.0566 |" in md
-    assert "Consistency-task ablation" in summary(list(results), results, "")
+    text = summary(list(results), results, "")
+    assert "Consistency-task ablation" in text
+    assert f"| toys | {ssi} | 3 |" in text and f"| toys | {kd} | 2 |" in text  # the distilled students' table
     lone = {r: v for r, v in results.items() if r.model == ssi}
     assert task_ablation(list(lone), lone)[1] == []
     assert "Consistency-task ablation" not in summary(list(lone), lone, "")
