@@ -792,7 +792,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"p99 {m.p99_ms:.0f} ms, failures {m.failures}")
                 if name == "ours":
                     entry["moderate_batching"] = batching_between(before, _scrape(srv.url))
-                if name == "ours":
                     results["breakdown"] = latency_breakdown(srv, traffic, args.breakdown_requests)
         except (RuntimeError, subprocess.TimeoutExpired, OSError, ValueError) as e:
             entry["error"] = error_line(e)

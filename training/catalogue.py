@@ -34,7 +34,7 @@ PLAIN_SAS_TEACHERS = ("sasrec_ce_prefix@0", "sasrec_ce_prefix@1", "sasrec_ce_pre
 # teacher row prefix -> backbone (training/teachers.py BACKBONES)
 TEACHER_BACKBONES = {"teacher_": "bert4rec", "teacher_gru_": "gru4rec", "teacher_sas_": "sasrec"}
 # backbone -> the row of that backbone trained without a task: a task teacher's control in the consistency-task
-# ablation (``task_control``; training/teachers.py BACKBONES[backbone].alone agrees, tested)
+# ablation (``task_control``) and what training/teachers.py names a teacher without its task; keys = BACKBONES' (tested)
 PLAIN_ROWS = {"bert4rec": "bert4rec", "gru4rec": "gru4rec", "sasrec": "sasrec_ce_prefix"}
 
 

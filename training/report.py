@@ -219,7 +219,7 @@ def value_table(latency_json: Path) -> str:
 
 def distilled(runs) -> list[str]:
     """The rows of ``runs`` that distil a student from teachers, in run order."""
-    return list(dict.fromkeys(r.name for r in runs if is_known(r.model) and alone_of(r.model)))
+    return list(dict.fromkeys(r.name for r in runs if alone_of(r.model)))
 
 
 def summary(runs, results, gain_md: str, value_md: str = "") -> str:
