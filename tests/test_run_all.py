@@ -154,6 +154,26 @@ def test_a_later_first_seed_warns_that_it_would_train_new_teachers(tmp_path) -> 
     assert all("start --seeds at 42" in line for line in lines)
 
 
+def test_run_all_refuses_to_train_new_teachers_beside_finished_ones_unless_asked(tmp_path) -> None:
+    from tests.conftest import write_sequences
+    from training.run_all import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_sequences(data / "Tiny.txt", {u: [(u * 7 + k) % 150 + 1 for k in range(6)] for u in range(1, 41)})
+    out = tmp_path / "runs"
+    for rel in ("tiny/teacher_gru_temporal/seed42", "tiny/teacher_gru_persona/seed43", "tiny/teacher_gru_global/seed44"):
+        (out / rel).mkdir(parents=True)
+        (out / rel / "metrics.json").write_text("{}")
+    argv = ["--preset", "smoke", "--datasets", "tiny", "--data-dir", str(data), "--models",
+            "ssi_hgn_ce_gru_mean", "--seeds", "43", "--out", str(out), "--no-export"]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    message = str(e.value.code)
+    assert message.startswith("error: tiny/teacher_gru_temporal/seed43 is imitated") and "--train-new-teachers" in message
+    assert not (out / "tiny" / "teacher_gru_temporal" / "seed43").exists()  # nothing was trained
+
+
 def _metrics(valid: float, test: float = 0.3, sampled: float | None = None) -> dict:
     """Full N@10 = ``valid`` / 10; sampled N@10 = ``sampled`` (default ``valid``): the two can disagree."""
     cell = lambda v, smp: {"sampled": {"ndcg@10": smp, "recall@10": smp}, "full": {"ndcg@10": v / 10, "recall@10": v / 5}}

@@ -195,7 +195,7 @@ def discover_finished(out: Path, known: set[Run]) -> list[Run]:
 
 
 def unfinished_references(runs: list[Run], seeds: list[int], out: Path) -> list[str]:
-    """One warning per teacher/member run that ``runs`` need, that is not finished under ``out`` while other
+    """One line per teacher/member run that ``runs`` need, that is not finished under ``out`` while other
     seeds of its row are: the first ``--seeds`` picks the teachers (``name@k`` = first seed + k), so
     ``--seeds 43 44`` would train new teachers instead of reusing those of ``--seeds 42 43 44``."""
     finished = set(discover_finished(out, set()))
@@ -251,6 +251,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-layers", nargs="*", type=int, default=[],
                    help="Figure 4: also train the teachers with these depths and SSI-HGN on them")
     p.add_argument("--out", type=Path, default=Path("artifacts/runs"), help="runs and report folder")
+    p.add_argument("--train-new-teachers", action="store_true",
+                   help="train the teachers (and ensemble members) that a student's row references (name@k = first "
+                        "--seeds + k) even when other seeds of their row are finished; without it that is an error, "
+                        "since it usually means --seeds should start where the finished teachers do")
     p.add_argument("--data-dir", type=Path, default=None, help="data folder (default: $SSI_DATA_DIR, else ./data)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device")
     g = p.add_mutually_exclusive_group()
@@ -307,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
 
     check_teacher_overrides(runs, datasets, preset, dict(args.teacher_set))
 
-    for line in unfinished_references(runs, seeds, args.out):
+    lines = unfinished_references(runs, seeds, args.out)
+    if lines and not args.train_new_teachers:  # hours of unwanted teacher training, so stop before it starts
+        raise SystemExit("error: " + "\n  ".join([*lines, "or pass --train-new-teachers to train them"]))
+    for line in lines:
         log.warning(line)
     results: dict[Run, dict] = {}
     missing: list[Run] = []
