@@ -329,6 +329,13 @@ def latency_breakdown(server: ManagedServer, traffic: TrafficConfig, n: int,
     return out
 
 
+def load_note(load: float, cpus: int) -> str:
+    """How to read the machine's load average beside the figures."""
+    if load > cpus:
+        return "above the core count: other processes shared the machine and every figure is low"
+    return "at or below the core count, the bench's own server and load generator included"
+
+
 def batching_between(before: dict, after: dict) -> dict[str, Any] | None:
     """What a load did to our server's batches, from two scrapes of its Prometheus histograms: executed batches,
     requests per batch, the share of batches of one, and the model call(s) (``ssi_encode_seconds``: with
@@ -815,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = evaluate_targets(results)
     load_end = os.getloadavg()
     notes.append(f"1-minute load average at start {load_start[0]:.1f}, at end {load_end[0]:.1f} on {os.cpu_count()} "
-                 "cores (above the core count: other processes shared the machine and every figure is low)")
+                 f"cores ({load_note(max(load_start[0], load_end[0]), os.cpu_count() or 1)})")
     mb = next((e.get("moderate_batching") for e in results["servers"] if e["name"] == "ours"), None)
     if mb:
         call = (f"; the model call (encoder + top-k) took {mb['model_call_us_per_batch']:.0f} us of wall time per "

@@ -2,9 +2,12 @@
 
     python -m loadtest.profile --artifact artifacts/serving-bench/hgn/<version> --users 16 --seconds 20
     python -m loadtest.profile --artifact ... --server floor          # the HTTP floor under the same traffic
+    python -m loadtest.profile --artifact ... --users 20 --req-rate 200 --loadgen-cpus 0 --server-cpus 1
+                                                                      # the bench's moderate step (fixed rate)
 
 Starts the server (``ours`` = ``python -m serving``, or the ``floor``), warms it, runs closed-loop locust
-users against it (pinned to ``--loadgen-cpus`` with ``taskset`` when given) while ``py-spy record`` samples
+users against it (pinned to ``--loadgen-cpus`` with ``taskset`` when given; ``--req-rate``: a fixed total request
+rate shared by the users, as the bench's moderate step; ``--server-cpus`` pins the server) while ``py-spy record`` samples
 the server's threads (``--nonblocking``: the server is never paused; idle threads are not sampled), then
 sorts every sampled stack into one stage by its innermost frame that a rule recognises (``STAGES``) and
 prints a flame-graph-level table: share of the server's samples and estimated microseconds per request
@@ -13,6 +16,11 @@ read the microseconds as an upper bound and the shares as the breakdown). Writes
 (``py-spy --format raw``, loadable by any flame-graph viewer), the table (``profile.md``) and
 ``profile.json`` to ``--out``. Needs py-spy (the ``dev`` extra) and permission to ptrace the server
 (root, or ``kernel.yama.ptrace_scope`` 0).
+
+Beside the samples, the server's threads are read from ``/proc`` before and after the load (Linux; ``thread_usage``):
+CPU per request by thread (a thread pool that spins while idle, ONNX Runtime's or OpenMP's, shows up there as
+CPU on threads other than the event loop's), user and system time, voluntary context switches (the event loop's
+wake-ups) and minor page faults per request (``usage_rows``, the second table).
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +121,87 @@ def breakdown(counts: Counter[str], rate: int, requests: int) -> list[dict[str, 
     return rows
 
 
+@dataclass(frozen=True)
+class ThreadUsage:
+    """One thread's counters, read from ``/proc/<pid>/task/<tid>/{stat,status}``."""
+
+    name: str
+    user_s: float
+    system_s: float
+    minor_faults: int
+    voluntary_switches: int
+    involuntary_switches: int
+
+
+def parse_stat(text: str, ticks: float) -> tuple[str, float, float, int]:
+    """A ``/proc/.../stat`` line -> (comm, user seconds, system seconds, minor faults). ``comm`` may hold spaces and
+    parentheses: it runs from the first ``(`` to the last ``)``."""
+    name = text[text.index("(") + 1:text.rindex(")")]
+    f = text[text.rindex(")") + 2:].split()  # f[0] is field 3 (state): field n is f[n - 3]
+    return name, int(f[11]) / ticks, int(f[12]) / ticks, int(f[7])
+
+
+def parse_switches(text: str) -> tuple[int, int]:
+    """``voluntary_ctxt_switches`` and ``nonvoluntary_ctxt_switches`` of a ``/proc/.../status`` file (0 if absent)."""
+    vals = {}
+    for line in text.splitlines():
+        key, _, v = line.partition(":")
+        if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+            vals[key] = int(v.strip() or 0)
+    return vals.get("voluntary_ctxt_switches", 0), vals.get("nonvoluntary_ctxt_switches", 0)
+
+
+def thread_usage(pid: int, proc: Path = Path("/proc")) -> dict[str, ThreadUsage]:
+    """Every live thread of ``pid`` (tid -> counters); empty where ``/proc`` is not there (not Linux)."""
+    ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+    out: dict[str, ThreadUsage] = {}
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            name, user, system, faults = parse_stat((task / "stat").read_text(), ticks)
+            vol, invol = parse_switches((task / "status").read_text())
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended between the listing and the read
+        out[task.name] = ThreadUsage(name, user, system, faults, vol, invol)
+    return out
+
+
+def usage_rows(before: dict[str, ThreadUsage], after: dict[str, ThreadUsage], requests: int) -> list[dict[str, Any]]:
+    """Per request, between two ``thread_usage`` readings: one row per thread that used CPU (threads that ended in
+    between are not seen), largest first, then the process's total."""
+    per = max(requests, 1)
+    rows = []
+    zero = ThreadUsage("", 0.0, 0.0, 0, 0, 0)
+    for tid, a in after.items():
+        b = before.get(tid, zero)
+        row = {"thread": f"{a.name} ({tid})", "cpu_us": 1e6 * (a.user_s + a.system_s - b.user_s - b.system_s) / per,
+               "user_us": 1e6 * (a.user_s - b.user_s) / per, "system_us": 1e6 * (a.system_s - b.system_s) / per,
+               "minor_faults": (a.minor_faults - b.minor_faults) / per,
+               "voluntary_switches": (a.voluntary_switches - b.voluntary_switches) / per,
+               "involuntary_switches": (a.involuntary_switches - b.involuntary_switches) / per}
+        rows.append(row)
+    busy = sorted((r for r in rows if r["cpu_us"] > 0), key=lambda r: -r["cpu_us"])
+    total = {"thread": f"all {len(after)} threads", **{k: sum(r[k] for r in rows) for k in rows[0] if k != "thread"}} \
+        if rows else {"thread": "no threads seen"}
+    return [*busy, total]
+
+
+def render_usage(rows: list[dict[str, Any]]) -> str:
+    head = ("| thread | CPU per request (us) | user / system (us) | voluntary / involuntary switches per request | "
+            "minor faults per request |")
+    lines = [head, "|---|---|---|---|---|"]
+    for r in rows:
+        if "cpu_us" not in r:
+            lines.append(f"| {r['thread']} | | | | |")
+            continue
+        lines.append(f"| {r['thread']} | {r['cpu_us']:.0f} | {r['user_us']:.0f} / {r['system_us']:.0f} | "
+                     f"{r['voluntary_switches']:.2f} / {r['involuntary_switches']:.2f} | {r['minor_faults']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(rows: list[dict[str, Any]], title: str) -> str:
     lines = [title, "", "| stage | share of samples | us per request |", "|---|---|---|"]
     for r in rows:
@@ -124,10 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", type=Path, help="artifact folder (or a root with 'latest')")
     p.add_argument("--server", choices=("ours", "floor"), default="ours")
-    p.add_argument("--users", type=int, default=16, help="closed-loop locust users")
+    p.add_argument("--users", type=int, default=16, help="locust users (closed loop, unless --req-rate)")
+    p.add_argument("--req-rate", type=float, default=0.0,
+                   help="fixed total requests per second shared by the users (locust constant_throughput, as the "
+                        "bench's moderate step: --users 20 --req-rate 200); 0: closed loop")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of load (and of sampling)")
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--loadgen-cpus", default="", help="taskset CPU list for locust (e.g. 0); empty: not pinned")
+    p.add_argument("--server-cpus", default="", help="taskset CPU list for the server (e.g. 1); empty: not pinned")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for the server (e.g. SSI_SCORING=faiss); repeatable")
     p.add_argument("--out", type=Path, default=None, help="output folder (default artifacts/profile/<time>)")
@@ -140,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.artifact is None:
         p.error("--artifact is required (unless --from-raw)")
+    if args.req_rate < 0:
+        p.error("--req-rate must be >= 0")
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("error: py-spy not found (pip install py-spy; it is in the dev extra)", file=sys.stderr)
@@ -159,28 +255,34 @@ def main(argv: list[str] | None = None) -> int:
                                           num_items], env))
     raw = out / f"{args.server}.collapsed.txt"
     exit_on_sigterm()
-    with ManagedServer(spec, out) as srv:
+    with ManagedServer(spec, out, cpus=args.server_cpus) as srv:
         measure(srv, 4, 3, traffic, out / "warmup", loadgen_cpus=args.loadgen_cpus)
         spy_proc = subprocess.Popen([spy, "record", "--pid", str(srv.pid), "--rate", str(args.rate), "--duration",
                                      str(round(args.seconds)), "--format", "raw", "--nonblocking", "--output",
                                      str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        step = measure(srv, args.users, args.seconds, traffic, out / "load", loadgen_cpus=args.loadgen_cpus)
+        threads_before = thread_usage(srv.pid)
+        step = measure(srv, args.users, args.seconds, traffic, out / "load", rate=args.req_rate,
+                       loadgen_cpus=args.loadgen_cpus)
         try:
             _, err = spy_proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             spy_proc.kill()
             _, err = spy_proc.communicate()
+        threads = usage_rows(threads_before, thread_usage(srv.pid), step.requests)
     if not raw.is_file():
         print(f"error: py-spy wrote nothing: {err.decode(errors='replace')[-1000:]}", file=sys.stderr)
         return 1
     rows = breakdown(read_collapsed(raw), args.rate, step.requests)
-    title = (f"py-spy profile of `{args.server}` ({manifest['model']['name']}, {num_items} items), {args.users} users "
+    load = f"{args.users} users at {args.req_rate:g} req/s in all" if args.req_rate else f"{args.users} users"
+    title = (f"py-spy profile of `{args.server}` ({manifest['model']['name']}, {num_items} items), {load} "
              f"for {args.seconds:.0f} s: {step.rps:.0f} req/s, p50 {step.p50_ms:.0f} / p99 {step.p99_ms:.0f} ms, "
              f"server CPU {step.server_cpu:.2f} cores ({1e6 * step.server_cpu / step.rps:.0f} us per request), "
              f"{step.failures} failures")
-    md = render(rows, title)
+    md = render(rows, title) + "\nThe server's threads over the load (/proc; a request is one locust request):\n\n" + \
+        render_usage(threads)
     (out / "profile.md").write_text(md)
-    (out / "profile.json").write_text(json.dumps({"step": step.__dict__, "rows": rows, "env": env}, indent=2))
+    (out / "profile.json").write_text(json.dumps({"step": step.__dict__, "rows": rows, "threads": threads, "env": env},
+                                                 indent=2))
     print(md)
     print(f"raw stacks: {raw}")
     return 0

@@ -23,6 +23,7 @@ from loadtest.bench import (
     evaluate_targets,
     limit_of,
     load_generator_limits,
+    load_note,
     render_markdown,
     resolve_artifact,
 )
@@ -256,3 +257,9 @@ def test_batching_between_reads_our_servers_histograms() -> None:
     assert got["model_call_us_per_batch"] == pytest.approx(400.0)
     assert got["model_call_us_per_request"] == pytest.approx(150.0)
     assert batching_between(before, before) is None  # no batch in between (and the floor has no such histogram)
+
+
+def test_load_note_says_above_the_core_count_only_when_it_is() -> None:
+    assert load_note(2.5, 2).startswith("above the core count")
+    assert load_note(1.4, 2).startswith("at or below the core count")
+    assert load_note(2.0, 2).startswith("at or below the core count")
