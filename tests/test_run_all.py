@@ -424,3 +424,53 @@ def test_sasrec_ce_prefix_is_a_student_alone_and_the_sas_teachers_control() -> N
     del results[Run("toys", born_again, 42)]
     best, why = choose_served(results, "toys")
     assert best.model == "sasrec_ce_prefix" and "trained ALONE" in why
+
+
+def _full_metrics(v: float) -> dict:
+    """A metrics.json's evaluation part, every cutoff present (``v`` for each value)."""
+    cell = {**{f"{m}@{k}": v for m in ("recall", "ndcg") for k in (5, 10, 15, 20)}, "mrr": v}
+    return {s: {"sampled": dict(cell), "full": dict(cell)} for s in ("valid", "test")}
+
+
+def test_report_only_merges_the_runs_a_committed_report_records(tmp_path) -> None:
+    """Run folders can be lost (a new machine); the committed report.json keeps their entries. --merge-report
+    reports them beside the finished runs under --out, which win over a recorded entry of the same run."""
+    from tests.conftest import write_sequences
+    from training.run_all import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_sequences(data / "Tiny.txt", {u: [(u * 7 + k) % 150 + 1 for k in range(6)] for u in range(1, 41)})
+    out = tmp_path / "runs"
+    run_dir = out / "tiny" / "hgn_ce" / "seed42"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({**_full_metrics(0.2), "wall_time_s": 1.0, "best_epoch": 1}))
+    task = {"variant": "temporal", "best": {"epoch": 3, "train_task_acc": 0.6, "train_task_chance": 0.5,
+                                            "heldout_task_acc": 0.58, "heldout_task_chance": 0.5},
+            "last": {"epoch": 4, "heldout_task_acc": 0.59}}
+    old = {"runs": [
+        {"dataset": "tiny", "model": "hgn_ce", "seed": 42, "dir": "gone", "student": "hgn_ce", "teachers": [],
+         "alone": "hgn_ce", "ensemble": False, "metrics": _full_metrics(0.1)},
+        {"dataset": "tiny", "model": "teacher_gru_temporal", "seed": 42, "dir": "gone/teacher", "student": None,
+         "teachers": [], "alone": None, "ensemble": False, "wall_time_s": 9.0, "task": task,
+         "metrics": _full_metrics(0.3)}]}
+    committed = tmp_path / "committed" / "report.json"
+    committed.parent.mkdir()
+    committed.write_text(json.dumps(old))
+    argv = ["--preset", "smoke", "--datasets", "tiny", "--data-dir", str(data), "--models", "mostpop", "--seeds", "42",
+            "--out", str(out), "--report-only", "--merge-report", str(committed)]  # hgn_ce: found under --out
+    assert main(argv) == 0
+    doc = json.loads((out / "report" / "report.json").read_text())
+    by = {r["model"]: r for r in doc["runs"]}
+    assert set(by) == {"hgn_ce", "teacher_gru_temporal"}
+    assert by["hgn_ce"]["metrics"]["test"]["full"]["ndcg@10"] == 0.2 and "recorded_in" not in by["hgn_ce"]
+    teacher = by["teacher_gru_temporal"]
+    assert teacher["recorded_in"] == str(committed) and teacher["dir"] == "gone/teacher"
+    assert teacher["task"] == task and teacher["metrics"] == old["runs"][1]["metrics"]
+    assert "| tiny | teacher_gru_temporal | 42 | temporal |" in (out / "report" / "teachers.md").read_text()
+    # a recorded run has no weights: it is reported, never exported; an unreadable report is named
+    with pytest.raises(SystemExit, match="needs --report-only"):
+        main([a for a in argv if a != "--report-only"])
+    committed.write_text("{not json")
+    with pytest.raises(SystemExit, match=f"--merge-report {committed}: not a readable report.json"):
+        main(argv)

@@ -353,12 +353,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_entry(r: Run, out: Path, results: dict[Run, dict]) -> dict[str, Any]:
+def run_entry(r: Run, out: Path, results: dict[Run, dict], recorded: dict[Run, dict] | None = None) -> dict[str, Any]:
     """One run of report.json: what it is (read from its catalogue spec and its run.json), and its metrics.
 
     ``student``: the student it trains, named as that student alone (null for a teacher, baseline or
     ensemble); ``teachers``: the runs it imitated, or an ensemble's members (``row/seedK``; empty when trained
-    alone); ``alone``: the same student trained alone (itself for a student alone); ``ensemble``."""
+    alone); ``alone``: the same student trained alone (itself for a student alone); ``ensemble``. A run in
+    ``recorded`` (an earlier report's entry, ``run_all --merge-report``) keeps that entry."""
+    if recorded and r in recorded:
+        return recorded[r]
     spec = spec_of(r.model) if is_known(r.model) else None
     info_path = r.dir(out) / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -373,8 +376,10 @@ def run_entry(r: Run, out: Path, results: dict[Run, dict]) -> dict[str, Any]:
 
 
 def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: float, peak_rss_mb: float,
-                 negatives: dict[str, str], served: dict[str, str] | None = None) -> Path:
-    """Every report file under ``out/report``; ``served``: {dataset: the row chosen to serve (``row/seedK``)}."""
+                 negatives: dict[str, str], served: dict[str, str] | None = None,
+                 recorded: dict[Run, dict] | None = None) -> Path:
+    """Every report file under ``out/report``; ``served``: {dataset: the row chosen to serve (``row/seedK``)};
+    ``recorded``: runs whose entries come from an earlier report.json, not from a folder under ``out``."""
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     for proto, suffix in (("sampled", ""), ("full", "_full")):
@@ -420,7 +425,7 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
         "datasets": {n: {"path": str(d.path), "sha256": d.sha256, "negatives_sha256": negatives.get(n),
                          "users": d.num_users, "items": d.num_items} for n, d in datasets.items()},
         "served": served or {}, "served_by": "validation full-ranking NDCG@10",
-        "runs": [run_entry(r, out, results) for r in runs if r in results],
+        "runs": [run_entry(r, out, results, recorded) for r in runs if r in results],
     }
     atomic_write_json(report / "report.json", doc)
     return report
@@ -450,7 +455,8 @@ def runs_from_report(doc: dict[str, Any]) -> tuple[list[Run], dict[Run, dict[str
             name, layers = base, int(depth)
         run = Run(e["dataset"], name, int(e["seed"]), layers)
         runs.append(run)
-        results[run] = {**e["metrics"], **{k: e.get(k) for k in ("wall_time_s", "device", "best_epoch", "epochs_run")}}
+        results[run] = {**e["metrics"], **{k: e.get(k) for k in ("wall_time_s", "device", "best_epoch", "epochs_run")},
+                        **({"task": e["task"]} if "task" in e else {})}
     return runs, results
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from protocol import DataError, SequenceDataset, load_dataset, load_or_create_negatives
 from protocol.data import list_datasets, resolve_data_dir
 from training.cli import init_distributed, parse_override
-from training.report import README_END, README_START, update_readme  # noqa: F401  (re-exported)
+from training.report import README_END, README_START, runs_from_report, update_readme  # noqa: F401  (re-exported)
 
 log = logging.getLogger("ssi.run_all")
 
@@ -194,6 +194,38 @@ def discover_finished(out: Path, known: set[Run]) -> list[Run]:
     return found
 
 
+def merge_recorded(paths: list[Path], results: dict[Run, dict], report_runs: list[Run],
+                   datasets: dict[str, SequenceDataset], data_dir: Path) -> dict[Run, dict]:
+    """The runs of committed report.json files (``--merge-report``) that ``results`` lacks, added to ``results``
+    and ``report_runs``; returns their entries as recorded, each with ``recorded_in`` (the file it came from)."""
+    import json
+
+    recorded: dict[Run, dict] = {}
+    planned = set(report_runs)  # the plan's unfinished runs are already there, without results
+    for path in paths:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            runs, metrics = runs_from_report(doc)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: --merge-report {path}: not a readable report.json ({e})") from None
+        for run, entry in zip(runs, doc["runs"], strict=True):
+            if run in results or run in recorded:
+                continue
+            if run.dataset not in datasets:
+                try:
+                    datasets[run.dataset] = load_dataset(run.dataset, data_dir)
+                except DataError as e:
+                    log.warning("%s: recorded runs of %s left out of the report (%s)", run.dataset, path, e)
+                    continue
+            results[run] = metrics[run]
+            if run not in planned:
+                report_runs.append(run)
+            recorded[run] = {**entry, "recorded_in": entry.get("recorded_in") or str(path)}
+    if recorded:
+        log.info("%d runs taken as recorded in %s", len(recorded), ", ".join(map(str, paths)))
+    return recorded
+
+
 def unfinished_references(runs: list[Run], seeds: list[int], out: Path) -> list[str]:
     """One line per teacher/member run that ``runs`` need, that is not finished under ``out`` while other
     seeds of its row are: the first ``--seeds`` picks the teachers (``name@k`` = first seed + k), so
@@ -267,6 +299,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the runs of the plan that are finished "
                         "(the others are listed as missing); no export")
+    p.add_argument("--merge-report", type=Path, action="append", default=[], metavar="REPORT_JSON",
+                   help="with --report-only (repeatable): also report the runs that this committed report.json "
+                        "holds and --out has not finished (their folders are gone, say), with their entries as "
+                        "recorded there (metrics, task accuracy, teachers) and 'recorded_in' naming the file; "
+                        "their curves are not redrawn. A finished run under --out wins over its recorded entry")
     p.add_argument("--max-epochs", type=int, default=None, metavar="N",
                    help="cap the preset's epochs of teachers and students (a quick run; use its own --out)")
     p.add_argument("--teacher-set", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
@@ -282,6 +319,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge_report and not args.report_only:  # a recorded run has no weights: it can be reported, not served
+        raise SystemExit("error: --merge-report needs --report-only")
     rank, world = init_distributed()
     logging.basicConfig(level=args.log_level if rank == 0 else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -376,13 +415,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         results[run] = read_json(run.dir(args.out) / "metrics.json")
         report_runs.append(run)
+    recorded = merge_recorded(args.merge_report, results, report_runs, datasets, data_dir)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     chosen = {ds: choose_served(results, ds) for ds in datasets}
     served = {ds: f"{c[0].name}/seed{c[0].seed}" for ds, c in chosen.items() if c}
     report_dir = write_report(args.out, report_runs, results, datasets, preset=preset,
                               wall_time_s=time.time() - t_start, peak_rss_mb=peak_rss_mb,
                               negatives={n: load_or_create_negatives(d).sha256 for n, d in datasets.items()},
-                              served=served)
+                              served=served, recorded=recorded)
     log.info("report written to %s (peak RSS %.0f MB)", report_dir, peak_rss_mb)
     if args.update_readme:
         update_readme(args.update_readme, (report_dir / "summary.md").read_text(encoding="utf-8"))
