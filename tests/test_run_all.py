@@ -262,6 +262,9 @@ def test_runs_as_compositions_plan_and_pair_like_catalogue_rows() -> None:
     assert Run("beauty", name, 42).dir(Path("o")) == Path("o/beauty") / name / "seed42"
     # the same composition as a catalogue row pairs the same way
     assert alone_of("ssi_hgn_ce_gru_mean") == alone_of("hgn_ce--teacher_gru_temporal--mean") == "hgn_ce"
+    # proj: a learned projection per teacher even where the dims agree (a SASRec student of SASRec teachers)
+    proj = spec_of("sasrec_ce--sasrec_ce@0+sasrec_ce@1--proj")
+    assert proj.imitation.always_project and not spec_of("sasrec_ce--sasrec_ce@0+sasrec_ce@1").imitation.always_project
     ens = spec_of("ensemble--sasrec_ce+gru4rec+hgn_ce")
     assert ens.is_ensemble and ens.members == ("sasrec_ce", "gru4rec", "hgn_ce") and not is_student_row("ensemble--sasrec_ce+hgn_ce")
     for bad, part in (("sasrec--hgn", "'sasrec' is not a student"), ("hgn_ce--nope", "'nope' is not a row"),

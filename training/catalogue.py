@@ -100,6 +100,10 @@ IMITATION_OPTIONS: dict[str, ImitationConfig] = {
     "gate": ImitationConfig(gate=True),
     "rd": ImitationConfig(rank_k=10),
     "fixed": ImitationConfig(learn_lambda=False),
+    # a learned projection per teacher even when the dims agree: a SASRec student of SASRec teachers otherwise
+    # matches its item table to each teacher's directly (Identity), and teachers of different seeds do not share
+    # one item space
+    "proj": ImitationConfig(always_project=True),
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import resource
@@ -34,6 +35,7 @@ from protocol import DataError, SequenceDataset, load_dataset, load_or_create_ne
 from protocol.data import list_datasets, resolve_data_dir
 from training.cli import init_distributed, parse_override
 from training.report import README_END, README_START, runs_from_report, update_readme  # noqa: F401  (re-exported)
+from training.workers import run_key, run_pool
 
 log = logging.getLogger("ssi.run_all")
 
@@ -92,11 +94,28 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
 
     teacher_dirs = {teacher_name(t): resolve_reference(t, run.dataset, seeds, run.layers).dir(out)
                     for t in spec.teachers}
-    # cpu preset: teacher distributions precomputed once (no teacher matmul/softmax per batch; see
-    # training/teacher_cache.py); on a GPU the per-batch matmul is cheaper than reading them back.
-    imitation = dataclasses.replace(spec.imitation, cache_probs=preset == "cpu")
+    # cpu preset on the CPU: teacher distributions precomputed once (no teacher matmul/softmax per batch; see
+    # training/teacher_cache.py); on a GPU the per-batch matmul is cheaper than reading them back (and an (E, N)
+    # float16 file per teacher set would fill a GPU host's disk when many students train at once).
+    imitation = dataclasses.replace(spec.imitation, cache_probs=preset == "cpu" and not on_gpu(device))
     return train_student(spec.student, ds, preset, run_dir, teacher_dirs=teacher_dirs, imitation=imitation,
                          loss=spec.loss, seed=run.seed, resume=resume, device=device, epochs=max_epochs)
+
+
+def worker_command(args: argparse.Namespace, preset: str, run: Run) -> list[str]:
+    """The ``run_all.py --only`` command line that trains ``run`` with this invocation's options."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", run_key(run), "--no-export",
+           "--preset", preset, "--datasets", run.dataset, "--out", str(args.out),
+           "--device", args.device, "--log-level", args.log_level, "--resume" if args.resume else "--fresh"]
+    cmd += ["--models", *args.models] if args.models else []
+    cmd += ["--seeds", *map(str, args.seeds)] if args.seeds else []
+    cmd += ["--teacher-layers", *map(str, args.teacher_layers)] if args.teacher_layers else []
+    cmd += ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    cmd += ["--max-epochs", str(args.max_epochs)] if args.max_epochs else []
+    cmd += ["--train-new-teachers"] if args.train_new_teachers else []
+    for key, value in args.teacher_set:  # back to the text parse_override read
+        cmd += ["--teacher-set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    return cmd
 
 
 def check_teacher_overrides(runs: list[Run], datasets: dict[str, SequenceDataset], preset: str,
@@ -126,11 +145,15 @@ def check_writable(out: Path) -> None:
         raise SystemExit(f"error: output folder {out} is not writable ({e.strerror})") from None
 
 
-def default_preset(device: str) -> str:
+def on_gpu(device: str) -> bool:
+    """Whether ``--device`` (auto | cpu | cuda) trains on a GPU here."""
     import torch
 
-    gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return "paper" if gpu else "cpu"
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
+def default_preset(device: str) -> str:
+    return "paper" if on_gpu(device) else "cpu"
 
 
 def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | None:
@@ -198,8 +221,6 @@ def merge_recorded(paths: list[Path], results: dict[Run, dict], report_runs: lis
                    datasets: dict[str, SequenceDataset], data_dir: Path) -> dict[Run, dict]:
     """The runs of committed report.json files (``--merge-report``) that ``results`` lacks, added to ``results``
     and ``report_runs``; returns their entries as recorded, each with ``recorded_in`` (the file it came from)."""
-    import json
-
     recorded: dict[Run, dict] = {}
     planned = set(report_runs)  # the plan's unfinished runs are already there, without results
     for path in paths:
@@ -304,6 +325,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "holds and --out has not finished (their folders are gone, say), with their entries as "
                         "recorded there (metrics, task accuracy, teachers) and 'recorded_in' naming the file; "
                         "their curves are not redrawn. A finished run under --out wins over its recorded entry")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="train up to N runs at once, one process per run sharing --out (training/workers.py): for "
+                        "a GPU host whose cores and GPU one small run leaves idle, or a many-core CPU box; a run "
+                        "starts once the runs it imitates are finished; each run's log goes to --out/logs/")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="with --workers: start no run after this many seconds and stop the running ones (they "
+                        "resume from their last epoch checkpoint next time); the report covers what finished")
+    p.add_argument("--only", default=None, metavar="DATASET/ROW/seedK",
+                   help="train just this run of the plan (what each --workers process is given); no report, no "
+                        "export")
     p.add_argument("--max-epochs", type=int, default=None, metavar="N",
                    help="cap the preset's epochs of teachers and students (a quick run; use its own --out)")
     p.add_argument("--teacher-set", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
@@ -321,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.merge_report and not args.report_only:  # a recorded run has no weights: it can be reported, not served
         raise SystemExit("error: --merge-report needs --report-only")
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers {args.workers}: give 1 or more")
+    if args.time_budget is not None and args.workers == 1:
+        raise SystemExit("error: --time-budget needs --workers N (N > 1)")
     rank, world = init_distributed()
     logging.basicConfig(level=args.log_level if rank == 0 else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -344,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         runs = plan(list(datasets), models, seeds, args.teacher_layers)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    if args.only:
+        runs = [r for r in runs if run_key(r) == args.only]
+        if not runs:
+            raise SystemExit(f"error: --only {args.only}: not a run of this plan (DATASET/ROW/seedK of --datasets, "
+                             "--models and --seeds)")
     log.info("preset %s%s | datasets %s | %d runs | seeds %s | out %s | world size %d", preset,
              "" if args.preset else " (default for this device)", ", ".join(datasets), len(runs), seeds, args.out, world)
     from training.runs import is_finished, run_lock  # torch-importing; kept out of --help
@@ -358,13 +398,20 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[Run, dict] = {}
     missing: list[Run] = []
     t_start = time.time()
-    bar = tqdm(runs, desc="runs", unit="run", disable=rank != 0, dynamic_ncols=True)
+    train_here = not args.report_only
+    if args.workers > 1 and train_here and world == 1:
+        pool = run_pool(runs, lambda r: worker_command(args, preset, r), lambda r: references_of(r, seeds),
+                        lambda r: is_finished(r.dir(args.out)), args.out / "logs", args.workers, args.time_budget)
+        log.info("workers: %d finished, %d failed, %d stopped by the time budget, %d not started",
+                 len(pool.finished), len(pool.failed), len(pool.stopped), len(pool.skipped))
+        train_here = False  # what the workers left unfinished is reported as missing, not trained here
+    bar = tqdm(runs, desc="runs", unit="run", disable=True if rank != 0 else None, dynamic_ncols=True)  # None: not in a log
     for run in bar:
         bar.set_postfix_str(f"{run.dataset}/{run.name}/seed{run.seed}")
         ds = datasets[run.dataset]
         if spec_of(run.model).mostpop and rank != 0:
             continue
-        if args.report_only and not is_finished(run.dir(args.out)):
+        if not train_here and not is_finished(run.dir(args.out)):
             missing.append(run)
             continue
         clash = preset_clash(run.dir(args.out), preset) if args.resume else None
@@ -401,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"N@10 {t['ndcg@10']:.4f} | full N@10 {m['test']['full']['ndcg@10']:.4f} | {time.time() - t0:.0f}s")
     if rank != 0:
         return 0
+    if args.only:  # one worker of --workers (or a user's single run): the parent writes the report
+        return 1 if missing else 0
     from training.io import read_json
     from training.report import write_report
 
@@ -447,8 +496,6 @@ def main(argv: list[str] | None = None) -> int:
 def write_example_request(ds: SequenceDataset, export_out: Path) -> Path:
     """``<export_out>/example_request.json``: the first user's test history (its last 10 items), in the ids the
     server speaks (the raw ids of ``NAME_id_map.json`` when the dataset has one), for the README's curl."""
-    import json
-
     from protocol import eval_examples
 
     history = [int(i) for i in eval_examples(ds, "test")[0][0][-10:]]

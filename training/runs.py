@@ -5,6 +5,7 @@ Layout (see docs/CONTRACTS.md): ``run.json``, ``model_config.json``, ``model.saf
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fcntl
 import os
@@ -57,8 +58,23 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[int | None]:
 def save_best(model: nn.Module, run_dir: Path) -> None:
     """Write ``model.safetensors`` atomically (config is written once, in ``model_config.json``)."""
     tmp = run_dir / f".model.safetensors.tmp{os.getpid()}"
-    save_model(model, str(tmp))
+    save_model(_cpu_twin(model), str(tmp))
     os.replace(tmp, run_dir / "model.safetensors")
+
+
+def load_best(model: nn.Module, run_dir: Path) -> None:
+    """Load ``model.safetensors`` into ``model`` in place, on whatever device it is."""
+    twin = _cpu_twin(model)
+    load_model(twin, str(run_dir / "model.safetensors"))
+    if twin is not model:
+        model.load_state_dict(twin.state_dict())
+
+
+def _cpu_twin(model: nn.Module) -> nn.Module:
+    """``model`` itself on the CPU, else a CPU copy: cuDNN keeps an RNN's weights as views of one flat buffer,
+    which safetensors refuses to save or load ("None is covering the entire storage"); a CPU copy has a storage
+    per tensor and keeps tied weights tied."""
+    return copy.deepcopy(model).cpu() if any(p.is_cuda for p in model.parameters()) else model
 
 
 def write_model_config(model: nn.Module, run_dir: Path) -> None:

@@ -743,15 +743,20 @@ def train_student(student: StudentName, ds: SequenceDataset, preset: Preset, run
         metrics = fit(task, ds, cfg, run_dir, resume=resume, run_info=info)
     else:
         metrics = read_json(run_dir / "metrics.json")
-    if model.uses_user:
-        metrics["anonymous"] = _anonymous(model, ds, cfg, run_dir)
+    if model.uses_user and (anonymous := _anonymous(model, ds, cfg, run_dir)) is not None:
+        metrics["anonymous"] = anonymous
     return metrics
 
 
-def _anonymous(model: nn.Module, ds: SequenceDataset, cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+def _anonymous(model: nn.Module, ds: SequenceDataset, cfg: TrainConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The metrics with every user embedding replaced by the mean one (``metrics_anonymous.json``, computed once);
+    None, with a warning, for a finished run whose weights are not there (its metrics came without them)."""
     path = run_dir / "metrics_anonymous.json"
     if path.is_file():
         return read_json(path)
+    if not (run_dir / "model.safetensors").is_file():
+        log.warning("%s: no model.safetensors, so no anonymous-history metrics", run_dir)
+        return None
     from safetensors.torch import load_model
 
     load_model(model, str(run_dir / "model.safetensors"))

@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 
 from protocol import Negatives, SequenceDataset, evaluate, load_or_create_negatives
 from training.io import atomic_torch_save, atomic_write_json, atomic_write_text
-from training.runs import CheckpointError, is_finished, load_checkpoint, save_best, write_model_config
+from training.runs import (
+    CheckpointError,
+    is_finished,
+    load_best,
+    load_checkpoint,
+    save_best,
+    write_model_config,
+)
 from training.scoring import ContractScorer
 
 log = logging.getLogger("ssi.train")
@@ -309,11 +316,9 @@ class Trainer:
         return best, sum(1 for r in history if r["epoch"] > best_epoch and key in r)
 
     def _finish(self, best_epoch: int, wall: float, history: list) -> dict[str, Any]:
-        from safetensors.torch import load_model
-
         if not (self.run_dir / "model.safetensors").is_file():
             save_best(self.task.model, self.run_dir)
-        load_model(self.task.model, str(self.run_dir / "model.safetensors"), device=str(self.device))
+        load_best(self.task.model, self.run_dir)
         scorer = self.task.scorer(self.device)
         metrics: dict[str, Any] = {}
         for split in ("valid", "test"):
