@@ -477,3 +477,12 @@ def test_report_only_merges_the_runs_a_committed_report_records(tmp_path) -> Non
     committed.write_text("{not json")
     with pytest.raises(SystemExit, match=f"--merge-report {committed}: not a readable report.json"):
         main(argv)
+
+
+def test_options_table_lists_composed_options_after_the_row_they_vary() -> None:
+    from training.report import option_rows
+
+    base = "hgn_ce--sasrec_ce_prefix@0+sasrec_ce_prefix@1+sasrec_ce_prefix@2"
+    names = {"hgn_ce", base, f"{base}--t2", f"{base}--mean", "ssi_hgn_ce_gru_t2", "ensemble--sasrec_ce@0+sasrec_ce@1"}
+    assert option_rows(names) == [base, f"{base}--mean", f"{base}--t2"]
+    assert option_rows({f"{base}--fixed"}) == [base, f"{base}--fixed"]  # the base is listed even when not trained

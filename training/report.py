@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 from training.catalogue import (
     CATALOG,
     ENSEMBLE,
+    SEP,
     Run,
     alone_of,
     choice_score,
@@ -181,6 +182,12 @@ def validation_table(runs, results, names: list[str] | None = None, prefix: tupl
             md.append("| " + " | ".join([ds, name, str(len(ms)), *(_mean_cell(ms, s, p) for s, p in VALID_COLS),
                                          ", ".join(map(str, epochs)) or "–", f"{statistics.fmean(walls):.0f}"]) + " |")
     return "\n".join(md) + "\n"
+
+
+def option_rows(names: set[str]) -> list[str]:
+    """The composed option rows among ``names`` (``STUDENT--TEACHERS--OPTION``), each after the row it varies."""
+    options = sorted(n for n in names if is_known(n) and spec_of(n).group == "option" and n not in CATALOG)
+    return list(dict.fromkeys(r for n in options for r in (n.rsplit(SEP, 1)[0], n)))
 
 
 def _row_order(name: str, names: list[str] | None, prefix: tuple[str, ...]) -> tuple[int, str]:
@@ -399,10 +406,12 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
                       + validation_table(runs, results, list(ALONE), ("teacher_", ENSEMBLE, "bert4rec"))
                       + (f"\n## Consistency tasks: accuracy against chance (held-out: a fixed batch of validation "
                          f"views, training.teachers.HeldoutTask)\n\n{task_md}" if task_md else ""))
-    atomic_write_text(report / "options.md", "# Imitation options (HGN-CE student, GRU teachers), chosen on "
-                      "validation\n\nThe paper's loss is the row `ssi_hgn_ce_gru`; each other row changes one "
-                      "`ImitationConfig` field (training/imitation.py).\n\n"
-                      + validation_table(runs, results, ["hgn_ce", "ssi_hgn_ce_gru", "kd_hgn_ce_gru4rec"],
+    atomic_write_text(report / "options.md", "# Imitation options, chosen on validation\n\nEach option row "
+                      "changes one `ImitationConfig` field (training/imitation.py) of the row it follows: "
+                      "`ssi_hgn_ce_gru_<option>` of `ssi_hgn_ce_gru` (GRU teachers, the paper's loss), "
+                      "`STUDENT--TEACHERS--<option>` of `STUDENT--TEACHERS`.\n\n"
+                      + validation_table(runs, results, ["hgn_ce", "ssi_hgn_ce_gru", "kd_hgn_ce_gru4rec",
+                                                         *option_rows({r.model for r in runs})],
                                          ("ssi_hgn_ce_gru_",)))
     gain_md, gain_rows = gains(runs, results)
     atomic_write_text(report / "gains.md", "# SSI gain: with imitation minus the same student alone (test)\n\n"
