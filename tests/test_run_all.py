@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -435,7 +436,7 @@ def _full_metrics(v: float) -> dict:
     return {s: {"sampled": dict(cell), "full": dict(cell)} for s in ("valid", "test")}
 
 
-def test_report_only_merges_the_runs_a_committed_report_records(tmp_path) -> None:
+def test_report_only_merges_the_runs_a_committed_report_records(tmp_path, caplog) -> None:
     """Run folders can be lost (a new machine); the committed report.json keeps their entries. --merge-report
     reports them beside the finished runs under --out, which win over a recorded entry of the same run."""
     from tests.conftest import write_sequences
@@ -471,6 +472,15 @@ def test_report_only_merges_the_runs_a_committed_report_records(tmp_path) -> Non
     assert teacher["recorded_in"] == str(committed) and teacher["dir"] == "gone/teacher"
     assert teacher["task"] == task and teacher["metrics"] == old["runs"][1]["metrics"]
     assert "| tiny | teacher_gru_temporal | 42 | temporal |" in (out / "report" / "teachers.md").read_text()
+    # planned, not finished under --out, recorded: reported, so not warned about as missing from the report
+    logger = logging.getLogger("ssi.run_all")  # may be disabled by another test's dictConfig (locust's)
+    disabled, logger.disabled = logger.disabled, False
+    try:
+        with caplog.at_level(logging.WARNING, logger="ssi.run_all"):
+            assert main([*argv, "--models", "mostpop", "teacher_gru_temporal"]) == 0
+    finally:
+        logger.disabled = disabled
+    assert "teacher_gru_temporal/seed42" not in caplog.text
     # a recorded run has no weights: it is reported, never exported; an unreadable report is named
     with pytest.raises(SystemExit, match="needs --report-only"):
         main([a for a in argv if a != "--report-only"])

@@ -465,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         results[run] = read_json(run.dir(args.out) / "metrics.json")
         report_runs.append(run)
     recorded = merge_recorded(args.merge_report, results, report_runs, datasets, data_dir)
+    missing = [r for r in missing if r not in recorded]  # reported as recorded, so not missing from the report
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     chosen = {ds: choose_served(results, ds) for ds in datasets}
     served = {ds: f"{c[0].name}/seed{c[0].seed}" for ds, c in chosen.items() if c}
