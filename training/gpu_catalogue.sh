@@ -28,7 +28,7 @@ PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu PRESET=smoke: a dry run of this script on a machine without a GPU
 PRESET=${PRESET:-cpu}
 RUNS=${RUNS:-/tmp/gpu-catalogue-runs}
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TQDM_DISABLE=1  # a log, not a terminal: no progress bars
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT" "$RUNS"
 
 T=teacher_sas_temporal@0+teacher_sas_persona@1+teacher_sas_global@2

@@ -87,7 +87,7 @@ from training.baselines import TrimmedScorer, user_batches
 from training.baselines import train_config as baseline_train_config
 from training.imitation import ImitationConfig
 from training.io import atomic_write_json, read_json
-from training.runs import RunError, is_finished, load_run_model
+from training.runs import RunError, is_finished, load_best, load_run_model
 from training.scoring import ContractScorer
 from training.teacher_cache import TeacherProbCache
 from training.trainer import TrainConfig, TrainTask, fit, resolve_device
@@ -757,9 +757,7 @@ def _anonymous(model: nn.Module, ds: SequenceDataset, cfg: TrainConfig, run_dir:
     if not (run_dir / "model.safetensors").is_file():
         log.warning("%s: no model.safetensors, so no anonymous-history metrics", run_dir)
         return None
-    from safetensors.torch import load_model
-
-    load_model(model, str(run_dir / "model.safetensors"))
+    load_best(model, run_dir)
     out = anonymous_metrics(model, ds, cfg, resolve_device(cfg.device))
     atomic_write_json(path, out)
     t, a = read_json(run_dir / "metrics.json")["test"]["sampled"], out["test"]["sampled"]

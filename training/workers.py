@@ -12,7 +12,6 @@ This schedules processes on one machine and nothing more; DDP (``torchrun``) is 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +48,6 @@ def run_pool(runs: Sequence[Run], command: Callable[[Run], list[str]], reference
     result = PoolResult()
     active: dict[Run, tuple[subprocess.Popen, Path]] = {}
     deadline = time.monotonic() + time_budget_s if time_budget_s else float("inf")
-    env = {**os.environ, "TQDM_DISABLE": "1"}  # one bar (this one), not N interleaved in the logs
     bar = tqdm(total=len(pending), desc=f"runs ({workers} workers)", unit="run", dynamic_ncols=True, mininterval=5,
                disable=None)  # None: a bar on a terminal, none in a log
     while pending or active:
@@ -64,7 +62,7 @@ def run_pool(runs: Sequence[Run], command: Callable[[Run], list[str]], reference
             pending.remove(r)
             path = log_dir / (run_key(r).replace("/", "__") + ".log")
             with path.open("w", encoding="utf-8") as fh:
-                active[r] = (subprocess.Popen(command(r), stdout=fh, stderr=subprocess.STDOUT, env=env), path)
+                active[r] = (subprocess.Popen(command(r), stdout=fh, stderr=subprocess.STDOUT), path)
         bar.set_postfix_str(f"{len(active)} running", refresh=False)
         if not active:
             break  # nothing runs and nothing can start: the budget is spent, or the rest waits on what failed
