@@ -1,7 +1,10 @@
 """Shared fixtures: tiny synthetic datasets, the real data folder when present, and the gpu marker."""
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +61,16 @@ def shared_data_dir() -> Path:
     if not (d / "LastFM.txt").is_file():
         pytest.skip(f"LastFM.txt not in {d}")
     return d
+
+
+@contextmanager
+def capturing(caplog: pytest.LogCaptureFixture, name: str, level: int) -> Iterator[None]:
+    """``caplog.at_level`` on logger ``name``, enabled for the block: a ``logging.config.dictConfig`` elsewhere in
+    the session (locust's, with ``disable_existing_loggers``) may have disabled it."""
+    logger = logging.getLogger(name)
+    disabled, logger.disabled = logger.disabled, False
+    try:
+        with caplog.at_level(level, logger=name):
+            yield
+    finally:
+        logger.disabled = disabled

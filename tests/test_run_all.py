@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import capturing
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -473,13 +475,8 @@ def test_report_only_merges_the_runs_a_committed_report_records(tmp_path, caplog
     assert teacher["task"] == task and teacher["metrics"] == old["runs"][1]["metrics"]
     assert "| tiny | teacher_gru_temporal | 42 | temporal |" in (out / "report" / "teachers.md").read_text()
     # planned, not finished under --out, recorded: reported, so not warned about as missing from the report
-    logger = logging.getLogger("ssi.run_all")  # may be disabled by another test's dictConfig (locust's)
-    disabled, logger.disabled = logger.disabled, False
-    try:
-        with caplog.at_level(logging.WARNING, logger="ssi.run_all"):
-            assert main([*argv, "--models", "mostpop", "teacher_gru_temporal"]) == 0
-    finally:
-        logger.disabled = disabled
+    with capturing(caplog, "ssi.run_all", logging.WARNING):
+        assert main([*argv, "--models", "mostpop", "teacher_gru_temporal"]) == 0
     assert "teacher_gru_temporal/seed42" not in caplog.text
     # a recorded run has no weights: it is reported, never exported; an unreadable report is named
     with pytest.raises(SystemExit, match="needs --report-only"):

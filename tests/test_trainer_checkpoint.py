@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from protocol import SequenceDataset, load_dataset, train_sequences
+from tests.conftest import capturing
 from training.runs import CheckpointError, load_checkpoint
 from training.trainer import TrainConfig, TrainTask, fit
 
@@ -128,15 +129,8 @@ def test_truncated_checkpoint_trains_again_with_one_warning(ds: SequenceDataset,
     ckpt = run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # a copy cut short / a full disk
 
-    # a logging.config.dictConfig elsewhere in the session (locust's, with disable_existing_loggers) may
-    # have disabled the trainer's logger; this test is about what the trainer logs, so it is enabled here
-    logger = logging.getLogger("ssi.train")
-    disabled, logger.disabled = logger.disabled, False
-    try:
-        with caplog.at_level(logging.INFO, logger="ssi.train"):
-            metrics = fit(NextItemTask(ds), ds, CFG, run_dir)
-    finally:
-        logger.disabled = disabled
+    with capturing(caplog, "ssi.train", logging.INFO):
+        metrics = fit(NextItemTask(ds), ds, CFG, run_dir)
 
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, caplog.text

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import capturing
 from training.catalogue import Run
 from training.workers import run_key, run_pool
 
@@ -38,15 +39,8 @@ def test_a_failed_run_skips_its_dependants_and_names_its_log(tmp_path, caplog) -
     script = {A: "import sys; print('boom: bad input'); sys.exit(3)",
               B: "import pathlib; pathlib.Path(DONE).write_text('ok')",
               C: "import pathlib; pathlib.Path(DONE).write_text('ok')"}
-    # a logging.config.dictConfig elsewhere in the session (locust's, with disable_existing_loggers) may have
-    # disabled the pool's logger; this test is about what it logs, so it is enabled here
-    logger = logging.getLogger("ssi.workers")
-    disabled, logger.disabled = logger.disabled, False
-    try:
-        with caplog.at_level(logging.ERROR, logger="ssi.workers"):
-            result = _pool(tmp_path, script)
-    finally:
-        logger.disabled = disabled
+    with capturing(caplog, "ssi.workers", logging.ERROR):
+        result = _pool(tmp_path, script)
     assert result.failed == [A] and result.finished == [B] and result.skipped == [C]
     assert not (tmp_path / "c").exists()
     assert "d/a/seed42 failed (exit 3)" in caplog.text and "boom: bad input" in caplog.text
