@@ -459,7 +459,9 @@ def test_report_only_merges_the_runs_a_committed_report_records(tmp_path, caplog
          "alone": "hgn_ce", "ensemble": False, "metrics": _full_metrics(0.1)},
         {"dataset": "tiny", "model": "teacher_gru_temporal", "seed": 42, "dir": "gone/teacher", "student": None,
          "teachers": [], "alone": None, "ensemble": False, "wall_time_s": 9.0, "task": task,
-         "metrics": _full_metrics(0.3)}]}
+         "metrics": _full_metrics(0.3)},
+        # a report older than the identity fields: they are read from the row's spec
+        {"dataset": "tiny", "model": "ssi_gru4rec_gru", "seed": 43, "dir": "gone/ssi", "metrics": _full_metrics(0.4)}]}
     committed = tmp_path / "committed" / "report.json"
     committed.parent.mkdir()
     committed.write_text(json.dumps(old))
@@ -468,7 +470,14 @@ def test_report_only_merges_the_runs_a_committed_report_records(tmp_path, caplog
     assert main(argv) == 0
     doc = json.loads((out / "report" / "report.json").read_text())
     by = {r["model"]: r for r in doc["runs"]}
-    assert set(by) == {"hgn_ce", "teacher_gru_temporal"}
+    assert set(by) == {"hgn_ce", "teacher_gru_temporal", "ssi_gru4rec_gru"}
+    ssi = by["ssi_gru4rec_gru"]
+    assert {k: ssi[k] for k in ("student", "loss", "imitation", "option", "alone", "ensemble", "paper_row")} == {
+        "student": "gru4rec", "loss": "ce", "imitation": {}, "option": None, "alone": "gru4rec", "ensemble": False,
+        "paper_row": "ssi_gru4rec"}
+    assert ssi["teachers"] == ["teacher_gru_temporal/seed42", "teacher_gru_persona/seed43", "teacher_gru_global/seed44"]
+    assert list(ssi)[:5] == ["dataset", "model", "seed", "dir", "student"] and ssi["metrics"] == old["runs"][2]["metrics"]
+    assert by["teacher_gru_temporal"]["loss"] is None and by["hgn_ce"]["loss"] == "ce"
     assert by["hgn_ce"]["metrics"]["test"]["full"]["ndcg@10"] == 0.2 and "recorded_in" not in by["hgn_ce"]
     teacher = by["teacher_gru_temporal"]
     assert teacher["recorded_in"] == str(committed) and teacher["dir"] == "gone/teacher"
@@ -484,6 +493,23 @@ def test_report_only_merges_the_runs_a_committed_report_records(tmp_path, caplog
     committed.write_text("{not json")
     with pytest.raises(SystemExit, match=f"--merge-report {committed}: not a readable report.json"):
         main(argv)
+
+
+def test_paper_row_is_read_from_the_spec_whatever_the_teachers_backbone() -> None:
+    """A run reproduces a row of the paper's tables by what it is (student, loss, one teacher per task,
+    imitation), not by its name: the BPR HGN of the SASRec task teachers is SSI-HGN; CE students, options, plain
+    teachers and ensembles are none of the paper's rows."""
+    from training.catalogue import compose, paper_row
+
+    sas = ("teacher_sas_temporal@0", "teacher_sas_persona@1", "teacher_sas_global@2")
+    assert paper_row(compose("hgn", sas)) == paper_row("ssi_hgn") == paper_row("ssi_hgn_gru") == "ssi_hgn"
+    assert paper_row(compose("gru4rec", sas)) == paper_row("ssi_gru4rec_gru") == "ssi_gru4rec"
+    assert paper_row("ssi_hgn_no_mse") == "ssi_hgn_no_mse" and paper_row(compose("hgn", sas[2:])) == "ssi_hgn_global"
+    assert paper_row("hgn") == "hgn" and paper_row("gru4rec") == "gru4rec"
+    for none in (compose("hgn_ce", sas), compose("hgn", sas, "mean"), "kd_hgn_ce_gru4rec", "hgn_ce", "sasrec_ce",
+                 compose("hgn", ("sasrec_ce_prefix@0", "sasrec_ce_prefix@1", "sasrec_ce_prefix@2")),
+                 "ensemble_gru_teachers", "ssi_hgn_ce_gru_no_mse", "not a row"):
+        assert paper_row(none) is None, none
 
 
 def test_options_table_lists_composed_options_after_the_row_they_vary() -> None:

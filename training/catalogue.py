@@ -332,3 +332,34 @@ def alone_of(name: str) -> str | None:
     if not spec.teachers or spec.student_key is None:
         return None
     return alone_of_key(spec.student_key)
+
+
+# ---- the paper's rows ----------------------------------------------------------------------------------
+# Table 2's baselines, by their row names here (the paper's GRU4Rec is our gru4rec row, its loss ours)
+PAPER_BASELINES = ("mostpop", "s3rec", "grec", "bert4rec", "gru4rec", "hgn")
+# Table 3's imitation ablations: the ImitationConfig a row changes -> the suffix of the paper's row
+PAPER_ABLATIONS = {ImitationConfig(): "", ImitationConfig(use_mse=False): "_no_mse",
+                   ImitationConfig(use_kl=False): "_no_kl"}
+
+
+def paper_row(name: str) -> str | None:
+    """The row of the paper's Table 2, Table 3 or Figure 3 that a run reproduces, read from its spec, whatever
+    its teachers' backbone: ``ssi_hgn`` is an HGN student with its paper loss (BPR) distilled from one teacher
+    of each consistency task with the paper's imitation (``ssi_hgn_no_mse`` / ``_no_kl`` without one term, Table
+    3), ``ssi_gru4rec`` the same with a GRU4Rec student, ``ssi_hgn_<task>`` HGN from that task's teacher alone
+    (Figure 3); baselines keep their names. So ``hgn--teacher_sas_temporal@0+teacher_sas_persona@1+
+    teacher_sas_global@2`` is ``ssi_hgn``. None for every other run (other losses, options, plain teachers)."""
+    if not is_known(name):
+        return None
+    if name in PAPER_BASELINES:
+        return name
+    spec = spec_of(name)
+    if spec.student not in ("hgn", "gru4rec") or spec.loss is not None or spec.imitation not in PAPER_ABLATIONS:
+        return None
+    tasks = [CATALOG[ref.partition("@")[0]].teacher for ref in spec.teachers]
+    if len(tasks) == len(TEACHER_VARIANTS) and set(tasks) == set(TEACHER_VARIANTS):
+        suffix = PAPER_ABLATIONS[spec.imitation]
+        return f"ssi_{spec.student}{suffix}" if spec.student == "hgn" or not suffix else None
+    if len(tasks) == 1 and tasks[0] in TEACHER_VARIANTS and spec.student == "hgn" and spec.imitation == ImitationConfig():
+        return f"ssi_hgn_{tasks[0]}"
+    return None

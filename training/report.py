@@ -12,6 +12,7 @@ import platform
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,21 @@ import matplotlib.pyplot as plt
 from training.catalogue import (
     CATALOG,
     ENSEMBLE,
+    IMITATION_OPTIONS,
     SEP,
     Run,
     alone_of,
     choice_score,
     is_known,
+    paper_row,
     spec_of,
     student_label,
     task_control,
 )
+from training.imitation import ImitationConfig
 from training.io import atomic_write_json, atomic_write_text
 from training.paper import TABLE2, TABLE3
+from training.students import student_loss
 
 METRICS = [f"{m}@{k}" for k in (5, 10, 15, 20) for m in ("recall", "ndcg")]
 PAPER_COLS = ("recall@10", "ndcg@10")
@@ -77,14 +82,15 @@ def table(rows, protocol: str, paper: dict | None) -> tuple[str, str]:
     for (ds, model), cell in rows.items():
         n = len(next(iter(cell.values())))
         line = [ds, model, str(n)]
+        paper_cells = (paper or {}).get(ds, {}).get(paper_row(model) or model, {})  # composed rows: their paper row
         for m in METRICS:
             mean, std = _agg(cell[m])
             line.append(_fmt(mean, std, n, abs(mean - best[(ds, m)]) < 1e-12))
-            ref = (paper or {}).get(ds, {}).get(model, {}).get(m)
+            ref = paper_cells.get(m)
             w.writerow([ds, model, protocol, m, f"{mean:.6f}", f"{std:.6f}", n,
                         "" if ref is None else ref, "" if ref is None else f"{mean - ref:+.6f}"])
         if paper:
-            refs = [paper.get(ds, {}).get(model, {}).get(m) for m in PAPER_COLS]
+            refs = [paper_cells.get(m) for m in PAPER_COLS]
             line += ["" if r is None else f"{r:.3f}" for r in refs]
             line += ["" if r is None else f"{_agg(cell[m])[0] - r:+.4f}" for r, m in zip(refs, PAPER_COLS)]
         md.append("| " + " | ".join(line) + " |")
@@ -360,23 +366,44 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_entry(r: Run, out: Path, results: dict[Run, dict], recorded: dict[Run, dict] | None = None) -> dict[str, Any]:
-    """One run of report.json: what it is (read from its catalogue spec and its run.json), and its metrics.
+# ImitationConfig fields that change what a student learns (the cache switches change only its speed)
+_IMITATION_CACHES = {"cache_teacher", "cache_probs"}
+
+
+def identity(model: str, teachers: list[str]) -> dict[str, Any]:
+    """What a run is, read from its catalogue spec: a student, a loss, teachers and an imitation option.
 
     ``student``: the student it trains, named as that student alone (null for a teacher, baseline or
-    ensemble); ``teachers``: the runs it imitated, or an ensemble's members (``row/seedK``; empty when trained
-    alone); ``alone``: the same student trained alone (itself for a student alone); ``ensemble``. A run in
-    ``recorded`` (an earlier report's entry, ``run_all --merge-report``) keeps that entry."""
+    ensemble); ``loss``: that student's loss (``bpr`` | ``ce``; null when not a student); ``teachers``: the runs
+    it imitated, or an ensemble's members (``row/seedK``; empty when trained alone); ``imitation``: the
+    ``ImitationConfig`` fields it sets apart from the paper's loss ({} for it; null without teachers);
+    ``option``: the name of that imitation option, if it has one; ``alone``: the same student trained alone
+    (itself for a student alone); ``ensemble``; ``paper_row``: the row of the paper's tables it reproduces
+    (``catalogue.paper_row``), or null."""
+    spec = spec_of(model) if is_known(model) else None
+    student = student_label(model) if spec else None
+    imitation = None
+    if spec is not None and spec.teachers and spec.student is not None:
+        default = ImitationConfig()
+        imitation = {f.name: getattr(spec.imitation, f.name) for f in fields(ImitationConfig)
+                     if f.name not in _IMITATION_CACHES and getattr(spec.imitation, f.name) != getattr(default, f.name)}
+    option = next((o for o, c in IMITATION_OPTIONS.items() if spec is not None and c == spec.imitation), None)
+    return {"student": student, "loss": student_loss(spec.student, spec.loss) if student else None,
+            "teachers": teachers, "imitation": imitation, "option": option if spec and spec.teachers else None,
+            "alone": alone_of(model) or student, "ensemble": bool(spec and spec.is_ensemble),
+            "paper_row": paper_row(model)}
+
+
+def run_entry(r: Run, out: Path, results: dict[Run, dict], recorded: dict[Run, dict] | None = None) -> dict[str, Any]:
+    """One run of report.json: what it is (``identity``, read from its catalogue spec and its run.json), and its
+    metrics. A run in ``recorded`` (an earlier report's entry, ``run_all --merge-report``) keeps that entry."""
     if recorded and r in recorded:
         return recorded[r]
-    spec = spec_of(r.model) if is_known(r.model) else None
     info_path = r.dir(out) / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     refs = list((info.get("teachers") or {}).values()) or list(info.get("members") or [])
-    student = student_label(r.model) if spec else None
     return {"dataset": r.dataset, "model": r.name, "seed": r.seed, "dir": str(r.dir(out)),
-            "student": student, "teachers": [f"{Path(d).parent.name}/{Path(d).name}" for d in refs],
-            "alone": alone_of(r.model) or student, "ensemble": bool(spec and spec.is_ensemble),
+            **identity(r.model, [f"{Path(d).parent.name}/{Path(d).name}" for d in refs]),
             **{k: results[r].get(k) for k in ("wall_time_s", "device", "best_epoch", "epochs_run")},
             **({"task": results[r]["task"]} if "task" in results[r] else {}),  # a teacher's task accuracy and chance
             "metrics": {s: results[r][s] for s in ("valid", "test")}}

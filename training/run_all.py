@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from protocol import DataError, SequenceDataset, load_dataset, load_or_create_negatives
 from protocol.data import list_datasets, resolve_data_dir
 from training.cli import init_distributed, parse_override
-from training.report import README_END, README_START, runs_from_report, update_readme  # noqa: F401  (re-exported)
+from training.report import README_END, README_START, identity, runs_from_report, update_readme  # noqa: F401  (re-exported)
 from training.workers import run_key, run_pool
 
 log = logging.getLogger("ssi.run_all")
@@ -217,10 +217,23 @@ def discover_finished(out: Path, known: set[Run]) -> list[Run]:
     return found
 
 
+def with_identity(run: Run, entry: dict, seeds: list[int]) -> dict:
+    """A recorded entry with the identity fields (``report.identity``) that its report predates, read from the
+    run's spec, after ``dir``; the teachers resolved with the first of ``seeds`` as ``run_all`` resolves them."""
+    if not is_known(run.model):
+        return entry
+    teachers = [f"{t.name}/seed{t.seed}" for t in references_of(run, seeds)]
+    added = {k: v for k, v in identity(run.model, teachers).items() if k not in entry}
+    keys = list(entry)
+    at = keys.index("dir") + 1 if "dir" in keys else len(keys)
+    return {**{k: entry[k] for k in keys[:at]}, **added, **{k: entry[k] for k in keys[at:]}}
+
+
 def merge_recorded(paths: list[Path], results: dict[Run, dict], report_runs: list[Run],
-                   datasets: dict[str, SequenceDataset], data_dir: Path) -> dict[Run, dict]:
+                   datasets: dict[str, SequenceDataset], data_dir: Path, seeds: list[int]) -> dict[Run, dict]:
     """The runs of committed report.json files (``--merge-report``) that ``results`` lacks, added to ``results``
-    and ``report_runs``; returns their entries as recorded, each with ``recorded_in`` (the file it came from)."""
+    and ``report_runs``; returns their entries as recorded, each with ``recorded_in`` (the file it came from)
+    and the identity fields an older report lacks (``with_identity``)."""
     recorded: dict[Run, dict] = {}
     planned = set(report_runs)  # the plan's unfinished runs are already there, without results
     for path in paths:
@@ -241,7 +254,7 @@ def merge_recorded(paths: list[Path], results: dict[Run, dict], report_runs: lis
             results[run] = metrics[run]
             if run not in planned:
                 report_runs.append(run)
-            recorded[run] = {**entry, "recorded_in": entry.get("recorded_in") or str(path)}
+            recorded[run] = {**with_identity(run, entry, seeds), "recorded_in": entry.get("recorded_in") or str(path)}
     if recorded:
         log.info("%d runs taken as recorded in %s", len(recorded), ", ".join(map(str, paths)))
     return recorded
@@ -464,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         results[run] = read_json(run.dir(args.out) / "metrics.json")
         report_runs.append(run)
-    recorded = merge_recorded(args.merge_report, results, report_runs, datasets, data_dir)
+    recorded = merge_recorded(args.merge_report, results, report_runs, datasets, data_dir, args.seeds)
     missing = [r for r in missing if r not in recorded]  # reported as recorded, so not missing from the report
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     chosen = {ds: choose_served(results, ds) for ds in datasets}

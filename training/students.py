@@ -675,6 +675,11 @@ STUDENT_RECIPES: dict[str, StudentRecipe] = {
 STUDENTS = tuple(STUDENT_RECIPES)
 
 
+def student_loss(student: StudentName, loss: LossName | None = None) -> LossName:
+    """The loss a student trains with: ``loss``, else its model's own (HGN: BPR; GRU4Rec, SASRec: CE)."""
+    return loss or MODELS[STUDENT_RECIPES[student].model].default_loss
+
+
 def student_train_config(student: StudentName, preset: Preset, model: nn.Module, seed: int = 42,
                          progress: bool = True) -> TrainConfig:
     """The trainer config of ``student``'s recipe (``STUDENT_RECIPES``) for the built ``model``."""
@@ -730,7 +735,7 @@ def train_student(student: StudentName, ds: SequenceDataset, preset: Preset, run
         cfg = dataclasses.replace(cfg, epochs=epochs)
     if device is not None:
         cfg = dataclasses.replace(cfg, device=device)
-    loss = loss or model.default_loss
+    loss = student_loss(student, loss)
     if not is_finished(run_dir):
         teachers = ({n: FrozenTeacher.load(n, d, ds) for n, d in teacher_dirs.items()}
                     if imitation.active else {})
