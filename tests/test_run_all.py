@@ -461,7 +461,9 @@ def test_report_only_merges_the_runs_a_committed_report_records(tmp_path, caplog
          "teachers": [], "alone": None, "ensemble": False, "wall_time_s": 9.0, "task": task,
          "metrics": _full_metrics(0.3)},
         # a report older than the identity fields: they are read from the row's spec
-        {"dataset": "tiny", "model": "ssi_gru4rec_gru", "seed": 43, "dir": "gone/ssi", "metrics": _full_metrics(0.4)}]}
+        {"dataset": "tiny", "model": "ssi_gru4rec_gru", "seed": 43, "dir": "gone/ssi", "metrics": _full_metrics(0.4)},
+        {"dataset": "tiny", "model": "teacher_gru_persona", "seed": 43, "dir": "gone/p", "best_epoch": 7,
+         "metrics": _full_metrics(0.3)}]}
     committed = tmp_path / "committed" / "report.json"
     committed.parent.mkdir()
     committed.write_text(json.dumps(old))
@@ -470,7 +472,7 @@ def test_report_only_merges_the_runs_a_committed_report_records(tmp_path, caplog
     assert main(argv) == 0
     doc = json.loads((out / "report" / "report.json").read_text())
     by = {r["model"]: r for r in doc["runs"]}
-    assert set(by) == {"hgn_ce", "teacher_gru_temporal", "ssi_gru4rec_gru"}
+    assert set(by) == {"hgn_ce", "teacher_gru_temporal", "ssi_gru4rec_gru", "teacher_gru_persona"}
     ssi = by["ssi_gru4rec_gru"]
     assert {k: ssi[k] for k in ("student", "loss", "imitation", "option", "alone", "ensemble", "paper_row")} == {
         "student": "gru4rec", "loss": "ce", "imitation": {}, "option": None, "alone": "gru4rec", "ensemble": False,
@@ -482,7 +484,10 @@ def test_report_only_merges_the_runs_a_committed_report_records(tmp_path, caplog
     teacher = by["teacher_gru_temporal"]
     assert teacher["recorded_in"] == str(committed) and teacher["dir"] == "gone/teacher"
     assert teacher["task"] == task and teacher["metrics"] == old["runs"][1]["metrics"]
-    assert "| tiny | teacher_gru_temporal | 42 | temporal |" in (out / "report" / "teachers.md").read_text()
+    teachers_md = (out / "report" / "teachers.md").read_text()
+    assert "| tiny | teacher_gru_temporal | 42 | temporal |" in teachers_md
+    # a teacher recorded before task accuracy existed says so in the task table
+    assert "| tiny | teacher_gru_persona | 43 | persona | 7 | not recorded (the run predates task accuracy) |" in teachers_md
     # planned, not finished under --out, recorded: reported, so not warned about as missing from the report
     with capturing(caplog, "ssi.run_all", logging.WARNING):
         assert main([*argv, "--models", "mostpop", "teacher_gru_temporal"]) == 0

@@ -27,6 +27,7 @@ from training.catalogue import (
     ENSEMBLE,
     IMITATION_OPTIONS,
     SEP,
+    TEACHER_VARIANTS,
     Run,
     alone_of,
     choice_score,
@@ -259,12 +260,20 @@ def summary(runs, results, gain_md: str, value_md: str = "") -> str:
 
 def task_table(runs, results) -> str:
     """Each teacher's consistency task (issue 26): accuracy on its training batches and on its fixed held-out
-    batch against chance, at the best epoch (the weights kept) and at the last; one row per finished run."""
+    batch against chance, at the best epoch (the weights kept) and at the last; one row per finished run. A
+    consistency teacher whose run predates the measurement (a recorded entry without ``task``) has a row that
+    says so, rather than none."""
     head = ["dataset", "row", "seed", "task", "best epoch", "train acc", "train chance", "held-out acc",
             "held-out chance", "last epoch", "held-out acc (last)"]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        task = results.get(r, {}).get("task")
+        if r not in results:
+            continue
+        task = results[r].get("task")
+        variant = spec_of(r.model).teacher if is_known(r.model) else None
+        if not task and variant in TEACHER_VARIANTS:
+            md.append("| " + " | ".join([r.dataset, r.name, str(r.seed), variant, str(results[r].get("best_epoch")),
+                                         "not recorded (the run predates task accuracy)", *[""] * 5]) + " |")
         if task:
             b, last = task["best"], task["last"]
             cells = [b["train_task_acc"], b["train_task_chance"], b["heldout_task_acc"], b["heldout_task_chance"]]
