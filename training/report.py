@@ -211,12 +211,36 @@ def best_alone(runs, results, dataset: str) -> tuple[str, float] | None:
     return max(scores.items(), key=lambda kv: kv[1]) if scores else None
 
 
-def value_table(latency_json: Path) -> str:
+def ensemble_cost_rows(measured: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A value-table row per ensemble of ``entries`` (report.json runs) whose members' rows were all measured in
+    the same ``export.latency`` run (``measured``; a member's row measured on another seed stands for it: same
+    model and sizes). Its cost is the sum of its members' (encode, parameters, artifact): a lower bound, since
+    averaging the members' distributions over the catalogue is not counted; its quality is the ensemble's own."""
+    by_row = {}
+    for r in measured:
+        by_row.setdefault((r.get("dataset", ""), r["model"]), r)
+    rows = []
+    for e in entries:
+        members = [by_row.get((e["dataset"], t.split("/")[0])) for t in e.get("teachers") or []]
+        if not e.get("ensemble") or not members or None in members:
+            continue
+        test = e["metrics"]["test"]
+        row = {"dataset": e["dataset"], "label": f"{e['model']}/seed{e['seed']} (sum of {len(members)} members)",
+               "test_full_ndcg@10": test["full"]["ndcg@10"], "test_sampled_ndcg@10": test["sampled"]["ndcg@10"]}
+        for key in ("encode_b1_ms", "encode_b32_ms", "encode_b1_ratio", "encode_b32_ratio", "params", "artifact_bytes"):
+            row[key] = sum(m[key] for m in members)
+        rows.append(row)
+    return rows
+
+
+def value_table(latency_json: Path, entries: list[dict[str, Any]] | None = None) -> str:
     """"What distillation buys": quality beside serving cost, from ``python -m export.latency`` (one run,
-    models interleaved; ratios to its first run). Empty when the file is missing."""
+    models interleaved; ratios to its first run), and the ensembles of ``entries`` (report.json runs) whose
+    members it measured (``ensemble_cost_rows``). Empty when the file is missing."""
     if not latency_json.is_file():
         return ""
     doc = json.loads(latency_json.read_text())
+    doc["rows"] = doc["rows"] + ensemble_cost_rows(doc["rows"], entries or [])
     ref = doc.get("reference", doc["rows"][0]["label"])
     md = [(f"Serving cost measured in one run of `python -m export.latency` ({doc.get('created_at', '')}; ONNX "
           f"Runtime CPU, {doc.get('settings', {}).get('threads', 1)} thread; ratios to `{ref}`, median over "
@@ -228,6 +252,10 @@ def value_table(latency_json: Path) -> str:
                   f"{r['encode_b1_ratio']:.2f}x ({r['encode_b1_ms'] * 1000:.0f} us) | "
                   f"{r['encode_b32_ratio']:.2f}x ({r['encode_b32_ms'] * 1000:.0f} us) | {r['params'] / 1e3:.0f} k | "
                   f"{r['artifact_bytes'] / 2**20:.2f} MiB |")
+    if any("sum of" in r["label"] for r in doc["rows"]):
+        md += ["", ("An ensemble's cost is the sum of its members' measured in this run (a member's row measured on "
+               "another seed stands for it): a lower bound, as averaging their distributions over the catalogue is "
+               "not counted.")]
     return "\n".join(md) + "\n"
 
 
@@ -457,7 +485,8 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
                       "same student of plain teachers (test)\n\nThe control replaces each task teacher by its "
                       "backbone's row without a task on the same seed (`training.catalogue.task_control`); paired by "
                       "the student's seed: mean ± std of the per-seed differences.\n\n" + ablation_md)
-    value_md = value_table(out / "latency.json")  # written by `python -m export.latency ... --out <out>/latency.json`
+    entries = [run_entry(r, out, results, recorded) for r in runs if r in results]
+    value_md = value_table(out / "latency.json", entries)  # from `python -m export.latency ... --out <out>/latency.json`
     if value_md:
         atomic_write_text(report / "value.md", "# The value of distillation\n\n" + value_md)
     atomic_write_text(report / "summary.md", summary(runs, results, gain_md, value_md))
@@ -470,7 +499,7 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
         "datasets": {n: {"path": str(d.path), "sha256": d.sha256, "negatives_sha256": negatives.get(n),
                          "users": d.num_users, "items": d.num_items} for n, d in datasets.items()},
         "served": served or {}, "served_by": "validation full-ranking NDCG@10",
-        "runs": [run_entry(r, out, results, recorded) for r in runs if r in results],
+        "runs": entries,
     }
     atomic_write_json(report / "report.json", doc)
     return report
@@ -521,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"error: {a.report}: not a readable report.json ({e})") from None
     gain_md, _ = gains(runs, results)
-    text = summary(runs, results, gain_md, value_table(a.report.parent / "latency.json"))
+    text = summary(runs, results, gain_md, value_table(a.report.parent / "latency.json", doc["runs"]))
     atomic_write_text(a.report.parent / "summary.md", text)
     print(f"wrote {a.report.parent / 'summary.md'}")
     if a.update_readme:
