@@ -69,3 +69,15 @@ def test_the_summary_is_regenerated_from_a_committed_report(tmp_path) -> None:
     assert "| d | hgn_ce | 2 | 0.0310 ± 0.0014 |" in text  # (0.030 + 0.032) / 2, full first
     assert "| d | ssi_hgn_ce_gru − hgn_ce | 42, 43 | +0.0090 ± 0.0014 | +0.0045 ± 0.0007 |" in text
     assert "Best student alone on d (validation full N@10): `hgn_ce` 0.0310." in text
+
+
+def test_figure_3_reads_the_paper_row_of_composed_runs(tmp_path) -> None:
+    """Figure 3 (HGN from each task's teacher alone) is drawn from the rows' specs: the BPR HGN of one SASRec task
+    teacher is the paper's single-task row, and a dataset with no SSI-HGN row gets no figure."""
+    from training.report import fig3
+
+    cell = {"ndcg@10": [0.30, 0.31]}
+    rows = {("beauty", "hgn"): cell, ("beauty", "hgn--teacher_sas_global@2"): cell,
+            ("toys", "hgn"): cell, ("toys", "hgn_ce--teacher_sas_global@2"): cell}
+    assert fig3(rows, tmp_path / "fig3.png") and (tmp_path / "fig3.png").stat().st_size > 0
+    assert not fig3({k: v for k, v in rows.items() if k[0] == "toys"}, tmp_path / "none.png")

@@ -312,9 +312,17 @@ def task_table(runs, results) -> str:
 
 
 def fig3(rows, path: Path) -> bool:
+    """The paper's Figure 3: HGN alone, from each task's teacher alone, from all three (sampled NDCG@10), per
+    dataset with an SSI-HGN row. Rows are matched by the paper row they reproduce (``paper_row``), so a
+    composed run of any teacher family counts; the first such row of a dataset stands for it."""
     names = ["hgn", "ssi_hgn_temporal", "ssi_hgn_persona", "ssi_hgn_global", "ssi_hgn"]
     labels = ["HGN", "+temporal", "+persona", "+global", "+all three"]
-    datasets = sorted({d for d, m in rows if m in names[1:]})
+    by_paper: dict[tuple[str, str], Any] = {}
+    for (ds, model), cell in rows.items():
+        by_paper.setdefault((ds, paper_row(model) or model), cell)
+    rows = by_paper
+    datasets = sorted(d for d in {d for d, _ in rows}  # an SSI-HGN row and something to compare it with
+                      if any((d, n) in rows for n in names[1:]) and sum((d, n) in rows for n in names) >= 2)
     if not datasets:
         return False
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
