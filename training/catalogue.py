@@ -323,6 +323,16 @@ def task_control(name: str) -> str | None:
     return compose(alone_of_key(spec.student_key), tuple(plain), option)
 
 
+def teacher_control(name: str) -> str | None:
+    """What one consistency task does to its own teacher (issue 26): the teacher's backbone trained alone with the
+    same recipe (``teacher_gru_temporal`` -> ``gru4rec``, ``teacher_sas_global`` -> ``sasrec_ce_prefix``), to be
+    paired on the same seed. None for a row that is not a consistency teacher."""
+    spec = CATALOG.get(name)
+    if spec is None or spec.teacher not in TEACHER_VARIANTS:
+        return None
+    return PLAIN_ROWS[spec.backbone]
+
+
 def alone_of(name: str) -> str | None:
     """The same student trained alone that a row with teachers is paired with (``ssi_hgn_ce_gru_t2`` ->
     ``hgn_ce``), read from the spec; None for a row without teachers or a name outside the catalogue."""

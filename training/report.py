@@ -36,6 +36,7 @@ from training.catalogue import (
     spec_of,
     student_label,
     task_control,
+    teacher_control,
 )
 from training.imitation import ImitationConfig
 from training.io import atomic_write_json, atomic_write_text
@@ -155,6 +156,12 @@ def task_ablation(runs, results) -> tuple[str, list[dict[str, Any]]]:
     return paired(runs, results, task_control, ("with_tasks", "plain_teachers"))
 
 
+def task_effect(runs, results) -> tuple[str, list[dict[str, Any]]]:
+    """What each consistency task does to its own teacher (issue 26): the teacher minus its backbone trained alone
+    with the same recipe (``teacher_control``) on the same seed, on test."""
+    return paired(runs, results, teacher_control, ("teacher", "plain"))
+
+
 # ---- validation tables: teachers vs students alone, imitation options --------------------------------
 ALONE = tuple(n for n, s in CATALOG.items() if s.student is not None and not s.teachers)  # students trained alone
 # full ranking first: it is what the server returns and what chooses; sampled (the paper's protocol) beside it
@@ -264,12 +271,18 @@ def distilled(runs) -> list[str]:
     return list(dict.fromkeys(r.name for r in runs if alone_of(r.model)))
 
 
+TASK_EFFECT_TITLE = "What each consistency task does to its own teacher: the teacher minus its backbone alone, same seed"
+
+
 def summary(runs, results, gain_md: str, value_md: str = "") -> str:
     """The README's results block: teachers against the students alone, the imitation gain, the consistency-task
     ablation (when a student of task teachers and its control both finished), the options."""
     ablation_md, ablation_rows = task_ablation(runs, results)
     title = "#### Consistency-task ablation: students of task teachers minus students of plain teachers, paired by seed"
     ablation = [f"{title} (test)", ablation_md] if ablation_rows else []
+    effect_md, effect_rows = task_effect(runs, results)
+    if effect_rows:
+        ablation += [f"#### {TASK_EFFECT_TITLE} (test)", effect_md]
     parts = ["#### Teachers and ensembles against the students trained alone (NDCG@10)",
              validation_table(runs, results, list(ALONE), ("teacher_", ENSEMBLE)),
              "#### Students distilled from teachers (NDCG@10)", validation_table(runs, results, distilled(runs)),
@@ -472,12 +485,16 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     atomic_write_text(report / "table3.md", "# Table 3: imitation ablation (HGN student, test, sampled)\n\n"
                       + table3(sampled))
     task_md = task_table(runs, results)
+    effect_md, effect_rows = task_effect(runs, results)
     atomic_write_text(report / "teachers.md", "# Teachers against the students trained alone (NDCG@10)\n\n"
                       "Choices are made on validation; test beside it. Teachers and ensembles train/evaluate on the "
                       "first seed; students alone are mean ± std over seeds.\n\n"
                       + validation_table(runs, results, list(ALONE), ("teacher_", ENSEMBLE, "bert4rec"))
                       + (f"\n## Consistency tasks: accuracy against chance (held-out: a fixed batch of validation "
-                         f"views, training.teachers.HeldoutTask)\n\n{task_md}" if task_md else ""))
+                         f"views, training.teachers.HeldoutTask)\n\n{task_md}" if task_md else "")
+                      + (f"\n## {TASK_EFFECT_TITLE} (test)\n\nThe control is the backbone's row without a task "
+                         f"(`training.catalogue.teacher_control`; the ablation's plain teacher) on the seed the "
+                         f"teacher trained on: one seed per task, so no std.\n\n{effect_md}" if effect_rows else ""))
     atomic_write_text(report / "options.md", "# Imitation options, chosen on validation\n\nEach option row "
                       "changes one `ImitationConfig` field (training/imitation.py) of the row it follows: "
                       "`ssi_hgn_ce_gru_<option>` of `ssi_hgn_ce_gru` (GRU teachers, the paper's loss), "
@@ -503,7 +520,7 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
     doc: dict[str, Any] = {
         "preset": preset, "wall_time_s": round(wall_time_s, 1), "peak_rss_mb": round(peak_rss_mb, 1),
         "packages": _versions(), "figures": figures, "gains": gain_rows,
-        "task_ablation": ablation_rows,
+        "task_ablation": ablation_rows, "task_effect": effect_rows,
         "datasets": {n: {"path": str(d.path), "sha256": d.sha256, "negatives_sha256": negatives.get(n),
                          "users": d.num_users, "items": d.num_items} for n, d in datasets.items()},
         "served": served or {}, "served_by": "validation full-ranking NDCG@10",

@@ -74,3 +74,32 @@ def test_task_ablation_pairs_by_seed(tmp_path: Path) -> None:
     lone = {r: v for r, v in results.items() if r.model == ssi}
     assert task_ablation(list(lone), lone)[1] == []
     assert "Consistency-task ablation" not in summary(list(lone), lone, "")
+
+
+def test_task_effect_pairs_each_teacher_with_its_backbone_alone_on_its_seed() -> None:
+    """What one task does to its teacher: the teacher minus its plain backbone row on the same seed, in the README
+    summary; a teacher whose control did not run on its seed is not paired."""
+    from training.catalogue import teacher_control
+    from training.report import TASK_EFFECT_TITLE, summary, task_effect
+
+    assert teacher_control("teacher_gru_persona") == "gru4rec"
+    assert teacher_control("teacher_sas_global") == "sasrec_ce_prefix"
+    assert teacher_control("teacher_temporal") == "bert4rec"
+    for name in ("gru4rec", "ssi_hgn_ce_gru", "hgn_ce--teacher_sas_temporal@0", "not a row"):
+        assert teacher_control(name) is None, name
+
+    def m(v: float) -> dict:
+        cell = {"recall@10": v, "ndcg@10": v / 2}
+        return {"valid": {"full": cell, "sampled": cell}, "test": {"full": cell, "sampled": cell}}
+
+    results = {Run("toys", "teacher_gru_temporal", 42): m(.30), Run("toys", "gru4rec", 42): m(.34),
+               Run("toys", "gru4rec", 43): m(.36), Run("toys", "teacher_gru_persona", 43): m(.40),
+               Run("toys", "teacher_gru_global", 44): m(.20)}  # gru4rec seed 44 missing: not paired
+    md, rows = task_effect(list(results), results)
+    assert [(r["teacher"], r["plain"], r["seeds"]) for r in rows] == [
+        ("teacher_gru_temporal", "gru4rec", [42]), ("teacher_gru_persona", "gru4rec", [43])]
+    assert abs(rows[0]["full ndcg@10"]["mean"] - (.30 - .34) / 2) < 1e-12
+    assert "| toys | teacher_gru_temporal − gru4rec | 42 | -0.0400 |" in md
+    assert TASK_EFFECT_TITLE in summary(list(results), results, "")
+    lone = {r: v for r, v in results.items() if r.model.startswith("teacher")}
+    assert task_effect(list(lone), lone)[1] == [] and TASK_EFFECT_TITLE not in summary(list(lone), lone, "")
