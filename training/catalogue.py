@@ -309,10 +309,10 @@ def task_control(name: str) -> str | None:
     plain = []
     for ref in spec.teachers:
         row, at, k = ref.partition("@")
-        teacher = CATALOG[row]
-        if teacher.teacher not in TEACHER_VARIANTS:
+        control = teacher_control(row)
+        if control is None:
             return None
-        plain.append(f"{PLAIN_ROWS[teacher.backbone]}{at}{k}")
+        plain.append(f"{control}{at}{k}")
     key = (spec.student_key, tuple(plain), spec.imitation)
     named = next((n for n, s in CATALOG.items() if (s.student_key, s.teachers, s.imitation) == key), None)
     if named is not None:
@@ -324,9 +324,10 @@ def task_control(name: str) -> str | None:
 
 
 def teacher_control(name: str) -> str | None:
-    """What one consistency task does to its own teacher (issue 26): the teacher's backbone trained alone with the
-    same recipe (``teacher_gru_temporal`` -> ``gru4rec``, ``teacher_sas_global`` -> ``sasrec_ce_prefix``), to be
-    paired on the same seed. None for a row that is not a consistency teacher."""
+    """The plain teacher of a consistency teacher row (issue 26): its backbone's row without a task
+    (``teacher_gru_temporal`` -> ``gru4rec``, ``teacher_sas_global`` -> ``sasrec_ce_prefix``), which replaces it in
+    the ablation (``task_control``) and is paired with it on the same seed to show what the task does to the teacher.
+    None for a row that is not a consistency teacher."""
     spec = CATALOG.get(name)
     if spec is None or spec.teacher not in TEACHER_VARIANTS:
         return None

@@ -157,8 +157,8 @@ def task_ablation(runs, results) -> tuple[str, list[dict[str, Any]]]:
 
 
 def task_effect(runs, results) -> tuple[str, list[dict[str, Any]]]:
-    """What each consistency task does to its own teacher (issue 26): the teacher minus its backbone trained alone
-    with the same recipe (``teacher_control``) on the same seed, on test."""
+    """What each consistency task does to its own teacher (issue 26): the teacher minus its backbone's row without a
+    task (``teacher_control``) on the same seed, on test."""
     return paired(runs, results, teacher_control, ("teacher", "plain"))
 
 
@@ -276,7 +276,8 @@ TASK_EFFECT_TITLE = "What each consistency task does to its own teacher: the tea
 
 def summary(runs, results, gain_md: str, value_md: str = "") -> str:
     """The README's results block: teachers against the students alone, the imitation gain, the consistency-task
-    ablation (when a student of task teachers and its control both finished), the options."""
+    ablation (when a student of task teachers and its control both finished), what each task does to its own teacher
+    (when a teacher and its plain row finished on its seed), the options."""
     ablation_md, ablation_rows = task_ablation(runs, results)
     title = "#### Consistency-task ablation: students of task teachers minus students of plain teachers, paired by seed"
     ablation = [f"{title} (test)", ablation_md] if ablation_rows else []
