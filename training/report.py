@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m training.report", description=main.__doc__)
-    p.add_argument("report", type=Path, help="a report.json written by run_all (e.g. docs/results/gru-teachers/report.json)")
+    p.add_argument("report", type=Path, help="a report.json written by run_all (e.g. docs/results/gru-current/report.json)")
     p.add_argument("--update-readme", type=Path, default=None, metavar="README",
                    help="replace this README's results block with the summary")
     a = p.parse_args(argv)
