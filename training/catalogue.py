@@ -100,6 +100,10 @@ IMITATION_OPTIONS: dict[str, ImitationConfig] = {
     "gate": ImitationConfig(gate=True),
     "rd": ImitationConfig(rank_k=10),
     "fixed": ImitationConfig(learn_lambda=False),
+    # plain knowledge distillation of the teachers as one ensemble (Hinton et al., 2015): one KL to the mean of their
+    # distributions and no item-representation MSE, which for same-architecture teachers of different seeds would
+    # pull one student table towards several unrelated item spaces
+    "kd": ImitationConfig(target="mean", use_mse=False),
     # a learned projection per teacher even when the dims agree: a SASRec student of SASRec teachers otherwise
     # matches its item table to each teacher's directly (Identity), and teachers of different seeds do not share
     # one item space

@@ -105,6 +105,19 @@ def test_mean_target_is_one_kl_to_the_averaged_distribution(student_ds, teacher_
     torch.testing.assert_close(terms["loss"], terms["student"] + lam * (terms["kl_mean"] + mse) + inv + inv**2)
 
 
+def test_kd_option_is_one_kl_to_the_mean_without_representation_mse(student_ds, teacher_dirs) -> None:
+    """``--kd``: the ensemble distilled as one teacher (Hinton et al.): the mean's KL and no item-table MSE at all."""
+    from training.catalogue import IMITATION_OPTIONS
+
+    task = make_task(student_ds, teacher_dirs, IMITATION_OPTIONS["kd"])
+    assert task.lambdas.names == ["mean"]
+    terms = task(first_batch(task))
+    assert "kl_mean" in terms and not any(k.startswith("mse") for k in terms)
+    lam = task.lambdas()[0]
+    inv = 1 / lam
+    torch.testing.assert_close(terms["loss"], terms["student"] + lam * terms["kl_mean"] + inv + inv**2)
+
+
 def test_fixed_lambda_has_no_regulariser_and_no_gradient(student_ds, teacher_dirs) -> None:
     task = make_task(student_ds, teacher_dirs, ImitationConfig(learn_lambda=False, lambda_init=0.5))
     terms = task(first_batch(task))
