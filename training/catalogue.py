@@ -104,6 +104,7 @@ IMITATION_OPTIONS: dict[str, ImitationConfig] = {
     # distributions and no item-representation MSE, which for same-architecture teachers of different seeds would
     # pull one student table towards several unrelated item spaces
     "kd": ImitationConfig(target="mean", use_mse=False),
+    "kd_t2": ImitationConfig(target="mean", use_mse=False, temperature=2.0),  # the same at temperature 2 (Hinton's)
     # a learned projection per teacher even when the dims agree: a SASRec student of SASRec teachers otherwise
     # matches its item table to each teacher's directly (Identity), and teachers of different seeds do not share
     # one item space

@@ -105,11 +105,13 @@ def test_mean_target_is_one_kl_to_the_averaged_distribution(student_ds, teacher_
     torch.testing.assert_close(terms["loss"], terms["student"] + lam * (terms["kl_mean"] + mse) + inv + inv**2)
 
 
-def test_kd_option_is_one_kl_to_the_mean_without_representation_mse(student_ds, teacher_dirs) -> None:
-    """``--kd``: the ensemble distilled as one teacher (Hinton et al.): the mean's KL and no item-table MSE at all."""
+@pytest.mark.parametrize("option", ["kd", "kd_t2"])
+def test_kd_option_is_one_kl_to_the_mean_without_representation_mse(student_ds, teacher_dirs, option: str) -> None:
+    """``--kd`` / ``--kd_t2``: the ensemble distilled as one teacher (Hinton et al.): the mean's KL and no item-table
+    MSE at all."""
     from training.catalogue import IMITATION_OPTIONS
 
-    task = make_task(student_ds, teacher_dirs, IMITATION_OPTIONS["kd"])
+    task = make_task(student_ds, teacher_dirs, IMITATION_OPTIONS[option])
     assert task.lambdas.names == ["mean"]
     terms = task(first_batch(task))
     assert "kl_mean" in terms and not any(k.startswith("mse") for k in terms)
