@@ -8,7 +8,7 @@ module, which imports neither.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from training.imitation import ImitationConfig
@@ -93,6 +93,11 @@ def _student_rows(suffix: str, teachers: tuple[str, ...]) -> dict[str, ModelSpec
     return rows
 
 
+# plain knowledge distillation of the teachers as one ensemble (Hinton et al., 2015): one KL to the mean of their
+# distributions and no item-representation MSE, which for same-architecture teachers of different seeds would pull one
+# student table towards several unrelated item spaces
+_KD = ImitationConfig(target="mean", use_mse=False)
+
 IMITATION_OPTIONS: dict[str, ImitationConfig] = {
     "t2": ImitationConfig(temperature=2.0),
     "mean": ImitationConfig(target="mean"),
@@ -100,11 +105,8 @@ IMITATION_OPTIONS: dict[str, ImitationConfig] = {
     "gate": ImitationConfig(gate=True),
     "rd": ImitationConfig(rank_k=10),
     "fixed": ImitationConfig(learn_lambda=False),
-    # plain knowledge distillation of the teachers as one ensemble (Hinton et al., 2015): one KL to the mean of their
-    # distributions and no item-representation MSE, which for same-architecture teachers of different seeds would
-    # pull one student table towards several unrelated item spaces
-    "kd": ImitationConfig(target="mean", use_mse=False),
-    "kd_t2": ImitationConfig(target="mean", use_mse=False, temperature=2.0),  # the same at temperature 2 (Hinton's)
+    "kd": _KD,
+    "kd_t2": replace(_KD, temperature=2.0),  # the same at temperature 2, as `t2`
     # a learned projection per teacher even when the dims agree: a SASRec student of SASRec teachers otherwise
     # matches its item table to each teacher's directly (Identity), and teachers of different seeds do not share
     # one item space

@@ -111,6 +111,7 @@ def test_kd_option_is_one_kl_to_the_mean_without_representation_mse(student_ds, 
     MSE at all."""
     from training.catalogue import IMITATION_OPTIONS
 
+    assert IMITATION_OPTIONS[option].temperature == (2.0 if option == "kd_t2" else 1.0)
     task = make_task(student_ds, teacher_dirs, IMITATION_OPTIONS[option])
     assert task.lambdas.names == ["mean"]
     terms = task(first_batch(task))
