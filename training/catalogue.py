@@ -107,6 +107,9 @@ IMITATION_OPTIONS: dict[str, ImitationConfig] = {
     "fixed": ImitationConfig(learn_lambda=False),
     "kd": _KD,
     "kd_t2": replace(_KD, temperature=2.0),  # the same at temperature 2, as `t2`
+    # the same on corrupted histories (1 item in 5 swapped for a random one, new each epoch, the same for the
+    # teachers and the student): teachers trained on the student's data have seen every clean training target
+    "kd_aug": replace(_KD, augment=0.2),
     # a learned projection per teacher even when the dims agree: a SASRec student of SASRec teachers otherwise
     # matches its item table to each teacher's directly (Identity), and teachers of different seeds do not share
     # one item space

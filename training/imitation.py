@@ -16,6 +16,12 @@ each one is an ablation row of ``run_all`` and is chosen on validation:
   ``rank_k`` items other than the true next item are extra positives of the student's softmax, the
   item at teacher rank ``r`` (1 = best) weighted ``exp(-r / rank_decay)``, weights normalised to sum 1
   (RD's position weighting; its dynamic rank-discrepancy weight is left out).
+- ``augment``: the imitation terms see corrupted histories: each history item is replaced by a uniform random
+  item with this probability, drawn again each epoch, and the teachers and the student see the same
+  corruption (a consistent teacher, Beyer et al., "Knowledge distillation: A good teacher is patient and
+  consistent", CVPR 2022). On the clean training histories a teacher has seen every target it is asked
+  about; on corrupted ones its prediction is not a recalled label. The student's own loss stays on the clean
+  histories. The teachers' queries are encoded again each epoch (no ``cache_probs``).
 - ``learn_lambda=False``: fixed weights ``lambda_init`` and no regulariser (with Adam the learned
   lambdas rise in lockstep, about lr per step, whatever the gradient's size).
 
@@ -40,6 +46,7 @@ class ImitationConfig:
     gate: bool = False  # imitate only where the teacher ranks the true next item above the student
     rank_k: int | None = None  # ranking distillation: teacher's top-k items as weighted positives (None: the KL)
     rank_decay: float = 5.0  # RD's position weight exp(-rank / rank_decay) (our choice, not tuned)
+    augment: float = 0.0  # P(history item -> random item) in the imitated inputs, drawn each epoch (0: clean)
     learn_lambda: bool = True  # eq. 8's learned lambdas (the paper) or fixed ones at lambda_init
     lambda_init: float = 1.0
     lambda_param: Literal["softplus", "exp"] = "softplus"
@@ -54,6 +61,11 @@ class ImitationConfig:
             raise ValueError(f"lambda_init must be > 0, got {self.lambda_init}")
         if self.cache_probs and not self.cache_teacher:
             raise ValueError("cache_probs needs cache_teacher (the distributions are built from the cached queries)")
+        if not 0.0 <= self.augment < 1.0:
+            raise ValueError(f"augment must be in [0, 1), got {self.augment}")
+        if self.augment and (self.cache_probs or not self.cache_teacher):
+            raise ValueError("augment re-encodes the teachers' queries each epoch: it needs cache_teacher and "
+                             "cannot use cache_probs")
         if self.target not in ("each", "mean"):
             raise ValueError(f"target must be 'each' or 'mean', got {self.target!r}")
         if self.top_k is not None and self.top_k < 2:
@@ -72,5 +84,5 @@ class ImitationConfig:
     @property
     def is_papers(self) -> bool:
         """True for the paper's loss (only the switches of Table 3 may differ)."""
-        return (self.temperature, self.target, self.top_k, self.gate, self.rank_k, self.learn_lambda) == (
-            1.0, "each", None, False, None, True)
+        return (self.temperature, self.target, self.top_k, self.gate, self.rank_k, self.learn_lambda,
+                self.augment) == (1.0, "each", None, False, None, True, 0.0)

@@ -96,8 +96,10 @@ def execute(run: Run, ds: SequenceDataset, preset: str, out: Path, resume: bool,
                     for t in spec.teachers}
     # cpu preset on the CPU: teacher distributions precomputed once (no teacher matmul/softmax per batch; see
     # training/teacher_cache.py); on a GPU the per-batch matmul is cheaper than reading them back (and an (E, N)
-    # float16 file per teacher set would fill a GPU host's disk when many students train at once).
-    imitation = dataclasses.replace(spec.imitation, cache_probs=preset == "cpu" and not on_gpu(device))
+    # float16 file per teacher set would fill a GPU host's disk when many students train at once). Not with
+    # ``augment``: its teachers see new histories each epoch.
+    cache_probs = preset == "cpu" and not on_gpu(device) and not spec.imitation.augment
+    imitation = dataclasses.replace(spec.imitation, cache_probs=cache_probs)
     return train_student(spec.student, ds, preset, run_dir, teacher_dirs=teacher_dirs, imitation=imitation,
                          loss=spec.loss, seed=run.seed, resume=resume, device=device, epochs=max_epochs)
 

@@ -450,8 +450,11 @@ class StudentTask(TrainTask):
         self.projections = nn.ModuleDict({  # student output table (N, d_s) -> teacher space (N, d_t)
             n: nn.Linear(d_s, t.dim, bias=False) if imitation.always_project or d_s != t.dim else nn.Identity()
             for n, t in self.teachers.items()})
-        self._teacher_hist = (torch.from_numpy(self.examples.teacher_histories(train_sequences(ds), teacher_width))
+        self._train_seqs = train_sequences(ds)
+        self._teacher_width = teacher_width
+        self._teacher_hist = (torch.from_numpy(self.examples.teacher_histories(self._train_seqs, teacher_width))
                               if self.teachers else None)  # (E, W); kept on CPU
+        self._aug_history: np.ndarray | None = None  # (rows, L) the corrupted student inputs of this epoch
         self._lengths = ((self.examples.arrays["history"] > 0).sum(axis=1) if self.examples.trim else None)
         # targets per batch: batch_size sequences of the mean length, at most TARGETS_PER_SEQUENCE each, so that
         # long-sequence data (LastFM, mean ~48) gets as many optimiser steps per epoch as Beauty (mean ~7)
@@ -479,6 +482,8 @@ class StudentTask(TrainTask):
     def batches(self, epoch: int, rng: np.random.Generator, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
         for idx in self._batch_indices(rng, rank, world):
             batch = {k: v[idx] for k, v in self.examples.arrays.items()}
+            if self._aug_history is not None:
+                batch["aug_history"] = self._aug_history[idx]
             if self._lengths is not None:
                 width = max(1, int(self._lengths[idx].max()))
                 batch = {k: (v[:, -width:] if v.ndim == 2 else v) for k, v in batch.items()}
@@ -517,6 +522,8 @@ class StudentTask(TrainTask):
             for t in self.teachers.values():
                 t.to(device)
             self._device = device
+        if self.imitation.augment and self.teachers:
+            self._corrupt_for_epoch()
         if self.imitation.cache_teacher and self.teachers and any(t.cache is None for t in self.teachers.values()):
             t0 = time.time()
             hist = self._teacher_hist.to(device)
@@ -531,6 +538,22 @@ class StudentTask(TrainTask):
             for t in self.teachers.values():
                 t.probs = TeacherProbCache.build(t.cache, t.items, self.imitation.temperature)
             self._log_extra["teacher_probs_s"] = round(time.time() - t0, 2)
+
+    def _corrupt_for_epoch(self) -> None:
+        """``ImitationConfig.augment``: this epoch's corrupted training sequences, as the student's inputs
+        (same rows as the clean examples) and the teachers' histories; the teacher caches are dropped so that
+        they are encoded again. Drawn from torch's generator, which the trainer seeds per epoch."""
+        flat = torch.from_numpy(np.concatenate(self._train_seqs))
+        swap = torch.rand(len(flat)) < self.imitation.augment
+        noisy = torch.where(swap, torch.randint(1, self.num_items + 1, flat.shape), flat).numpy()
+        seqs = np.split(noisy, np.cumsum([len(s) for s in self._train_seqs])[:-1])
+        history = self.scheme.build(self.model, seqs).arrays["history"]
+        assert history.shape == self.examples.arrays["history"].shape  # the rows depend on lengths only
+        self._aug_history = history
+        self._teacher_hist = torch.from_numpy(self.examples.teacher_histories(seqs, self._teacher_width))
+        self._log_extra["augmented_items"] = round(float(swap.float().mean()), 4)
+        for t in self.teachers.values():
+            t.cache = None
 
     def teacher_logits(self, teacher: FrozenTeacher, example: torch.Tensor) -> torch.Tensor:
         """(M, N) teacher logits of the examples ``example`` (M,)."""
@@ -562,6 +585,9 @@ class StudentTask(TrainTask):
         terms: dict[str, torch.Tensor] = {"student": self.student_loss(q, items, targets, logits)}
         loss = terms["student"]
         if self.teachers:
+            if "aug_history" in batch:  # imitation on this epoch's corrupted inputs (ImitationConfig.augment)
+                q, targets, example = self.queries({**batch, "history": batch["aug_history"]})
+                logits = q @ items.T if self.imitation.use_kl else None
             loss = loss + self.imitation_loss(logits, targets, example, terms)
         terms["loss"] = loss
         return terms

@@ -149,3 +149,40 @@ def test_is_papers_names_only_the_papers_loss() -> None:
     for change in ({"temperature": 2.0}, {"target": "mean"}, {"top_k": 50}, {"gate": True}, {"rank_k": 10},
                    {"learn_lambda": False}):
         assert not dataclasses.replace(ImitationConfig(), **change).is_papers
+
+
+def test_kd_aug_imitates_on_one_corruption_shared_by_student_and_teachers(student_ds, teacher_dirs) -> None:
+    """``--kd_aug``: the imitated inputs are corrupted (about 1 item in 5), the student's window is the tail of
+    the very history the teachers encode, the corruption is new each epoch, and the student's own loss is the
+    clean one."""
+    from training.catalogue import IMITATION_OPTIONS
+
+    task = make_task(student_ds, teacher_dirs, IMITATION_OPTIONS["kd_aug"])
+    batch = first_batch(task)
+    hist, aug = batch["history"], batch["aug_history"]
+    width = hist.shape[1]
+    teacher_hist = task._teacher_hist[batch["example"]]  # this epoch's corrupted teacher inputs
+    assert torch.equal(aug, teacher_hist[:, -width:])  # one corruption, seen by both
+    items = task._aug_history > 0
+    swapped = float((task._aug_history != task.examples.arrays["history"])[items].mean())
+    assert 0.1 < swapped < 0.3  # P = 0.2, less the draws of the same item
+    teacher = next(iter(task.teachers.values()))
+    torch.testing.assert_close(teacher.cache[batch["example"]], teacher.encode(teacher_hist))
+
+    clean = make_task(student_ds, teacher_dirs, dataclasses.replace(IMITATION_OPTIONS["kd_aug"], augment=0.0))
+    task.model.eval(), clean.model.eval()
+    terms, clean_terms = task(batch), clean(first_batch(clean))
+    torch.testing.assert_close(terms["student"], clean_terms["student"])
+    assert not torch.isclose(terms["kl_mean"], clean_terms["kl_mean"])
+
+    before = task._aug_history.copy()
+    torch.manual_seed(1)  # the trainer seeds torch per epoch
+    task.on_epoch_start(2)
+    assert not np.array_equal(before, task._aug_history)
+
+
+def test_augment_needs_teacher_queries_encoded_each_epoch() -> None:
+    with pytest.raises(ValueError, match="augment"):
+        ImitationConfig(augment=0.2, cache_probs=True)
+    with pytest.raises(ValueError, match="augment"):
+        ImitationConfig(augment=1.0)
