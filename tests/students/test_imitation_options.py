@@ -105,10 +105,10 @@ def test_mean_target_is_one_kl_to_the_averaged_distribution(student_ds, teacher_
     torch.testing.assert_close(terms["loss"], terms["student"] + lam * (terms["kl_mean"] + mse) + inv + inv**2)
 
 
-@pytest.mark.parametrize("option", ["kd", "kd_t2"])
+@pytest.mark.parametrize("option", ["kd", "kd_t2", "kd_fixed"])
 def test_kd_option_is_one_kl_to_the_mean_without_representation_mse(student_ds, teacher_dirs, option: str) -> None:
-    """``--kd`` / ``--kd_t2``: the ensemble distilled as one teacher (Hinton et al.): the mean's KL and no item-table
-    MSE at all."""
+    """``--kd`` / ``--kd_t2`` / ``--kd_fixed``: the ensemble distilled as one teacher (Hinton et al.): the mean's KL and
+    no item-table MSE at all; ``kd_fixed`` at a fixed weight of 0.3 without eq. 8's regulariser."""
     from training.catalogue import IMITATION_OPTIONS
 
     assert IMITATION_OPTIONS[option].temperature == (2.0 if option == "kd_t2" else 1.0)
@@ -117,8 +117,12 @@ def test_kd_option_is_one_kl_to_the_mean_without_representation_mse(student_ds, 
     terms = task(first_batch(task))
     assert "kl_mean" in terms and not any(k.startswith("mse") for k in terms)
     lam = task.lambdas()[0]
-    inv = 1 / lam
-    torch.testing.assert_close(terms["loss"], terms["student"] + lam * terms["kl_mean"] + inv + inv**2)
+    if option == "kd_fixed":
+        torch.testing.assert_close(lam, torch.tensor(0.3), atol=1e-4, rtol=0)
+        torch.testing.assert_close(terms["loss"], terms["student"] + lam * terms["kl_mean"])
+    else:
+        inv = 1 / lam
+        torch.testing.assert_close(terms["loss"], terms["student"] + lam * terms["kl_mean"] + inv + inv**2)
 
 
 def test_fixed_lambda_has_no_regulariser_and_no_gradient(student_ds, teacher_dirs) -> None:
