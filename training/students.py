@@ -352,6 +352,16 @@ def example_scheme(model: nn.Module, scheme: ExampleScheme | None = None) -> Exa
     return scheme or EXAMPLE_SCHEMES[model.training_examples]
 
 
+def corrupt_sequences(seqs: list[np.ndarray], rate: float, num_items: int,
+                      generator: torch.Generator | None = None) -> tuple[list[np.ndarray], float]:
+    """Each item swapped for a uniform random item in ``1..num_items`` with probability ``rate`` (the draw of
+    ``ImitationConfig.augment``); returns the sequences and the share of positions drawn for a swap."""
+    flat = torch.from_numpy(np.concatenate(seqs))
+    swap = torch.rand(len(flat), generator=generator) < rate
+    noisy = torch.where(swap, torch.randint(1, num_items + 1, flat.shape, generator=generator), flat).numpy()
+    return np.split(noisy, np.cumsum([len(s) for s in seqs])[:-1]), float(swap.float().mean())
+
+
 def build_examples(model: nn.Module, ds: SequenceDataset) -> Examples:
     return example_scheme(model).build(model, train_sequences(ds))
 
@@ -543,15 +553,12 @@ class StudentTask(TrainTask):
         """``ImitationConfig.augment``: this epoch's corrupted training sequences, as the student's inputs
         (same rows as the clean examples) and the teachers' histories; the teacher caches are dropped so that
         they are encoded again. Drawn from torch's generator, which the trainer seeds per epoch."""
-        flat = torch.from_numpy(np.concatenate(self._train_seqs))
-        swap = torch.rand(len(flat)) < self.imitation.augment
-        noisy = torch.where(swap, torch.randint(1, self.num_items + 1, flat.shape), flat).numpy()
-        seqs = np.split(noisy, np.cumsum([len(s) for s in self._train_seqs])[:-1])
+        seqs, swapped = corrupt_sequences(self._train_seqs, self.imitation.augment, self.num_items)
         history = self.scheme.build(self.model, seqs).arrays["history"]
         assert history.shape == self.examples.arrays["history"].shape  # the rows depend on lengths only
         self._aug_history = history
         self._teacher_hist = torch.from_numpy(self.examples.teacher_histories(seqs, self._teacher_width))
-        self._log_extra["augmented_items"] = round(float(swap.float().mean()), 4)
+        self._log_extra["augmented_items"] = round(swapped, 4)
         for t in self.teachers.values():
             t.cache = None
 

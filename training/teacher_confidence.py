@@ -31,7 +31,7 @@ import torch
 
 from protocol import DataError, SequenceDataset, load_dataset, pad_left, train_sequences
 from training.runs import RunError
-from training.students import FrozenTeacher
+from training.students import FrozenTeacher, corrupt_sequences
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,6 @@ def training_examples(seqs: list[np.ndarray], width: int) -> tuple[np.ndarray, n
     hist = [s[max(0, t - width):t] for s in seqs for t in range(1, len(s))]
     targets = np.asarray([s[t] for s in seqs for t in range(1, len(s))], dtype=np.int64)
     return pad_left(hist, width), targets
-
-
-def corrupt(seqs: list[np.ndarray], rate: float, num_items: int, seed: int) -> list[np.ndarray]:
-    """Each item swapped for a uniform random item in 1..num_items with probability ``rate``."""
-    rng = np.random.default_rng(seed)
-    flat = np.concatenate(seqs)
-    noisy = np.where(rng.random(len(flat)) < rate, rng.integers(1, num_items + 1, len(flat)), flat)
-    return np.split(noisy, np.cumsum([len(s) for s in seqs])[:-1])
 
 
 @torch.no_grad()
@@ -77,7 +69,8 @@ def measure(ds: SequenceDataset, run: Path, augment: float = 0.2, width: int = 5
     teacher = FrozenTeacher.load(run.name, run, ds)
     seqs = train_sequences(ds)
     hist, targets = training_examples(seqs, width)
-    noisy, _ = training_examples(corrupt(seqs, augment, ds.num_items, seed), width)
+    noisy_seqs, _ = corrupt_sequences(seqs, augment, ds.num_items, torch.Generator().manual_seed(seed))
+    noisy, _ = training_examples(noisy_seqs, width)
     valid_hist = pad_left([s[-width:] for s in seqs], width)
     valid_targets = np.asarray([s[-2] for s in ds.sequences], dtype=np.int64)
     return [confidence(teacher, hist, targets, "train"),

@@ -5,9 +5,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from protocol import train_sequences
-from training.teacher_confidence import corrupt, main, measure, training_examples
+from training.students import corrupt_sequences
+from training.teacher_confidence import main, measure, training_examples
 
 
 def test_training_examples_are_every_prefix_and_its_next_item() -> None:
@@ -17,11 +19,12 @@ def test_training_examples_are_every_prefix_and_its_next_item() -> None:
 
 def test_corrupt_swaps_about_the_share_asked_and_keeps_lengths() -> None:
     seqs = [np.arange(1, 1001) % 50 + 1, np.arange(1, 501) % 50 + 1]
-    noisy = corrupt(seqs, 0.2, 1000, seed=0)
-    assert [len(s) for s in noisy] == [1000, 500]
+    noisy, drawn = corrupt_sequences(seqs, 0.2, 1000, torch.Generator().manual_seed(0))
+    assert [len(s) for s in noisy] == [1000, 500] and 0.17 < drawn < 0.23
     swapped = np.mean(np.concatenate(noisy) != np.concatenate(seqs))
-    assert 0.15 < swapped < 0.25
-    assert all(np.array_equal(a, b) for a, b in zip(corrupt(seqs, 0.0, 1000, seed=0), seqs))
+    assert 0.15 < swapped <= drawn
+    same, none = corrupt_sequences(seqs, 0.0, 1000)
+    assert none == 0.0 and all(np.array_equal(a, b) for a, b in zip(same, seqs))
 
 
 def test_measure_reads_the_three_rows(student_ds, teacher_dirs) -> None:
