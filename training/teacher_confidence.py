@@ -31,7 +31,7 @@ import torch
 
 from protocol import DataError, SequenceDataset, load_dataset, pad_left, train_sequences
 from training.runs import RunError
-from training.students import FrozenTeacher, corrupt_sequences
+from training.students import FrozenTeacher, corrupt_sequences, prefix_segments
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,11 @@ class Confidence:
 
 
 def training_examples(seqs: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(E, width) left-padded histories and (E,) targets: every prefix of every sequence and its next item."""
-    hist = [s[max(0, t - width):t] for s in seqs for t in range(1, len(s))]
-    targets = np.asarray([s[t] for s in seqs for t in range(1, len(s))], dtype=np.int64)
-    return pad_left(hist, width), targets
+    """(E, width) left-padded histories and (E,) targets: every prefix of every sequence and its next item, as a
+    sequence student's examples give them to its teachers (``prefix_segments``, ``Examples.teacher_histories``)."""
+    ex = prefix_segments(seqs, width)
+    targets = np.asarray([seqs[u][p] for u, p in zip(ex.teacher_users, ex.teacher_prefix)], dtype=np.int64)
+    return ex.teacher_histories(seqs, width), targets
 
 
 @torch.no_grad()
