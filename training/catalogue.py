@@ -50,7 +50,7 @@ class ModelSpec:
     mostpop: bool = False
     teacher: str | None = None  # bert4rec | temporal | persona | global
     backbone: str = "bert4rec"  # a teacher's backbone: bert4rec (the paper's) | gru4rec | sasrec
-    student: str | None = None  # hgn | gru4rec | sasrec | sasrec_prefix (training/students.py STUDENT_RECIPES)
+    student: str | None = None  # hgn | gru4rec | sasrec | sasrec_prefix[_wide] (training/students.py STUDENT_RECIPES)
     teachers: tuple[str, ...] = ()  # rows imitated by a student
     members: tuple[str, ...] = ()  # rows whose next-item distributions an ensemble averages
     imitation: ImitationConfig = field(default_factory=ImitationConfig)  # the paper's loss unless a row says otherwise
@@ -134,6 +134,9 @@ CATALOG: dict[str, ModelSpec] = {
     # (STUDENT_RECIPES["sasrec_prefix"]: sasrec_ce's model and trainer config, GRU4Rec's examples and batches),
     # the teacher_sas_* rows without their task
     "sasrec_ce_prefix": ModelSpec("baseline", student="sasrec_prefix", loss="ce"),
+    # the same recipe at twice the width: a student larger than the sasrec_ce_prefix runs it can imitate
+    # (sasrec_ce_prefix_wide--sasrec_ce_prefix@0+sasrec_ce_prefix@1+sasrec_ce_prefix@2--kd), and this row alone
+    "sasrec_ce_prefix_wide": ModelSpec("baseline", student="sasrec_prefix_wide", loss="ce"),
     "s3rec": ModelSpec("baseline", baseline="s3rec"),
     "grec": ModelSpec("baseline", baseline="grec"),
     **{f"{prefix}{v}": ModelSpec("teacher", teacher=v, backbone=backbone, all_seeds=False)

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import MODELS
+from models.config import ModelConfig
 from models.contracts import ExampleKind, PrefixStudent, Student, WindowStudent, student_problems
 from protocol import (
     DataError,
@@ -94,7 +95,7 @@ from training.trainer import TrainConfig, TrainTask, fit, resolve_device
 
 log = logging.getLogger("ssi.students")
 
-StudentName = Literal["hgn", "gru4rec", "sasrec", "sasrec_prefix"]  # STUDENT_RECIPES keys
+StudentName = Literal["hgn", "gru4rec", "sasrec", "sasrec_prefix", "sasrec_prefix_wide"]  # STUDENT_RECIPES keys
 LossName = Literal["bpr", "ce"]
 Preset = Literal["smoke", "cpu", "paper"]
 
@@ -687,10 +688,16 @@ class StudentRecipe:
     model: str  # a key of models.MODELS
     train: Callable[[Preset, nn.Module, int, bool], TrainConfig]  # (preset, built model, seed, progress)
     examples: ExampleScheme | None = None  # None: the scheme of the model's own ``training_examples``
+    resize: Callable[[ModelConfig], ModelConfig] | None = None  # the preset's model config -> this recipe's
 
 
 def _own_train_config(student: StudentName) -> Callable[[Preset, nn.Module, int, bool], TrainConfig]:
     return lambda preset, model, seed, progress: train_config(student, preset, seed, progress)
+
+
+def _twice_as_wide(config: ModelConfig) -> ModelConfig:
+    """A transformer config with twice the width (``dim``, ``ffn_dim``) of the preset's, the rest unchanged."""
+    return config.replace(dim=2 * config.dim, ffn_dim=2 * config.ffn_dim)
 
 
 STUDENT_RECIPES: dict[str, StudentRecipe] = {
@@ -704,6 +711,9 @@ STUDENT_RECIPES: dict[str, StudentRecipe] = {
     # length-sorted batches of about equal target count): the SASRec consistency teachers' recipe
     # (training/teachers.py BACKBONES["sasrec"]) without the task. Alone, it trains the sasrec_ce_prefix row.
     "sasrec_prefix": StudentRecipe("sasrec", baseline_train_config),
+    # The same recipe at twice the width (d=128, ffn 512 at the cpu preset): a student larger than the
+    # sasrec_prefix teachers it imitates, alone the sasrec_ce_prefix_wide row
+    "sasrec_prefix_wide": StudentRecipe("sasrec", baseline_train_config, resize=_twice_as_wide),
 }
 STUDENTS = tuple(STUDENT_RECIPES)
 
@@ -722,11 +732,13 @@ def student_train_config(student: StudentName, preset: Preset, model: nn.Module,
 def build_student(student: StudentName, ds: SequenceDataset, preset: Preset) -> nn.Module:
     if student not in STUDENT_RECIPES:
         raise ValueError(f"unknown student {student!r}; expected one of {', '.join(STUDENTS)}")
-    cls = MODELS[STUDENT_RECIPES[student].model]
+    recipe = STUDENT_RECIPES[student]
+    cls = MODELS[recipe.model]
     sizes = {"num_items": ds.num_items}
     if cls.uses_user:
         sizes["num_users"] = ds.num_users
-    return cls(cls.config_class.preset(preset, **sizes))
+    config = cls.config_class.preset(preset, **sizes)
+    return cls(recipe.resize(config) if recipe.resize else config)
 
 
 def anonymous_metrics(model: nn.Module, ds: SequenceDataset, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:

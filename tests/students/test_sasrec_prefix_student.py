@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from training import students, teachers
-from training.catalogue import CATALOG, PLAIN_ROWS, spec_of
+from training.catalogue import CATALOG, PLAIN_ROWS, alone_of, spec_of
 from training.students import (
     EXAMPLE_SCHEMES,
     STUDENT_RECIPES,
@@ -114,3 +114,19 @@ def test_alone_it_trains_as_a_student_run(student_ds, tmp_path: Path) -> None:
                                                                                  "sasrec")
     assert info["teachers"] == {} and len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
     assert 0.0 <= m["test"]["full"]["ndcg@10"] <= 1.0
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu"])
+def test_the_wide_recipe_is_the_prefix_recipe_at_twice_the_width(student_ds, preset: str) -> None:
+    """``sasrec_prefix_wide`` (row ``sasrec_ce_prefix_wide``): the prefix recipe's examples, batches and trainer
+    config, its model at twice the width; a composition distils it from the narrow runs and pairs it with itself
+    alone."""
+    narrow, wide = (build_student(s, student_ds, preset) for s in ("sasrec_prefix", "sasrec_prefix_wide"))
+    assert wide.config == narrow.config.replace(dim=2 * narrow.config.dim, ffn_dim=2 * narrow.config.ffn_dim)
+    assert wide.config.n_layers == narrow.config.n_layers and wide.config.max_len == narrow.config.max_len
+    assert (student_train_config("sasrec_prefix_wide", preset, wide, SEED, False)
+            == student_train_config("sasrec_prefix", preset, narrow, SEED, False))
+    assert STUDENT_RECIPES["sasrec_prefix_wide"].examples is STUDENT_RECIPES["sasrec_prefix"].examples
+    name = "sasrec_ce_prefix_wide--sasrec_ce_prefix@0+sasrec_ce_prefix@1+sasrec_ce_prefix@2--kd"
+    assert spec_of(name).student_key == ("sasrec_prefix_wide", "ce")
+    assert alone_of(name) == "sasrec_ce_prefix_wide"
