@@ -195,10 +195,28 @@ def test_the_served_student_is_the_best_on_validation_and_the_log_says_why() -> 
     # full ranking decides, not the sampled metric: a student better on sampled only is not served
     results[Run("d", "ssi_hgn_ce_gru_mean", 42)] = _metrics(0.32, sampled=0.90)
     assert choose_served(results, "d")[0] == Run("d", "ssi_hgn_ce_gru", 42)
-    results[Run("d", "hgn_ce", 43)] = _metrics(0.35)
+    results[Run("d", "hgn_ce", 43)] = _metrics(0.35)  # hgn_ce's mean .325 < .33: its best run alone does not win
+    assert choose_served(results, "d")[0] == Run("d", "ssi_hgn_ce_gru", 42)
+    results[Run("d", "hgn_ce", 43)] = _metrics(0.37)  # mean .335 > .33: the row wins, its best seed is exported
     best, why = choose_served(results, "d")
-    assert best == Run("d", "hgn_ce", 43) and "ALONE" in why and "does not pay" in why
+    assert best == Run("d", "hgn_ce", 43) and "ALONE" in why and "does not pay" in why and "over 2 seeds" in why
     assert choose_served(results, "nothing") is None
+
+
+def test_the_served_row_is_the_best_mean_over_seeds_not_the_luckiest_run() -> None:
+    """A row whose one seed is the best run but whose mean is lower is not served; the winning row exports its
+    best seed, and the reason names both figures."""
+    from training.run_all import Run, choose_served
+
+    steady, lucky = "ssi_hgn_ce_gru", "ssi_hgn_ce_gru_mean"
+    results = {Run("d", steady, 42): _metrics(0.70), Run("d", steady, 43): _metrics(0.72),
+               Run("d", steady, 44): _metrics(0.69), Run("d", lucky, 42): _metrics(0.60),
+               Run("d", lucky, 43): _metrics(0.73), Run("d", lucky, 44): _metrics(0.60),
+               Run("d", "hgn_ce", 42): _metrics(0.50), Run("d", "teacher_gru_temporal", 42): _metrics(0.90)}
+    best, why = choose_served(results, "d")
+    assert best == Run("d", steady, 43)  # the row of mean .0703 (not .0643), and its best seed (.0720)
+    assert "mean valid full N@10 0.0703 over 3 seeds" in why and "seed43 (valid full N@10 0.0720" in why
+    assert "same student alone (hgn_ce: mean valid full N@10 0.0500 over 1 seed)" in why
 
 
 def test_discover_finished_reads_every_row_under_out(tmp_path) -> None:
@@ -426,7 +444,7 @@ def test_sasrec_ce_prefix_is_a_student_alone_and_the_sas_teachers_control() -> N
     results = {Run("toys", "sasrec_ce", 42): scored(0.064), Run("toys", "sasrec_ce_prefix", 42): scored(0.075),
                Run("toys", born_again, 42): scored(0.078), Run("toys", kd, 42): scored(0.06)}
     best, why = choose_served(results, "toys")
-    assert best.model == born_again and "beats the same student alone (sasrec_ce_prefix: best valid full N@10 0.0750" in why
+    assert best.model == born_again and "beats the same student alone (sasrec_ce_prefix: mean valid full N@10 0.0750" in why
     del results[Run("toys", born_again, 42)]
     best, why = choose_served(results, "toys")
     assert best.model == "sasrec_ce_prefix" and "trained ALONE" in why

@@ -10,8 +10,9 @@ Stages, each timed in the output:
    the distilled row imitates, then the distilled student; ``run_all --models mostpop ALONE`` trains
    MostPop and the same student alone (``ALONE`` is read from the distilled row's spec, not its name);
 2. **choose + export**: ``run_all`` over the finished runs writes the report and exports the student with
-   the best validation full-ranking NDCG@10 (``choose_served``): the distilled one only where it wins there;
-   otherwise the student alone, and the log says why. Nothing forces the choice;
+   the best mean validation full-ranking NDCG@10 over its seeds (``choose_served``; its best seed is exported):
+   the distilled one only where it wins there; otherwise the student alone, and the log says why. Nothing forces
+   the choice;
 3. **encode cost**: ``python -m export.latency`` measures each model's ONNX encoder per request and per
    batch of 32, as ratios to the distilled student, in one run;
 4. the proof table: validation and test NDCG@10, full ranking and sampled, beside the encode cost.

@@ -524,7 +524,7 @@ def write_report(out: Path, runs, results, datasets, preset: str, wall_time_s: f
         "task_ablation": ablation_rows, "task_effect": effect_rows,
         "datasets": {n: {"path": str(d.path), "sha256": d.sha256, "negatives_sha256": negatives.get(n),
                          "users": d.num_users, "items": d.num_items} for n, d in datasets.items()},
-        "served": served or {}, "served_by": "validation full-ranking NDCG@10",
+        "served": served or {}, "served_by": "mean validation full-ranking NDCG@10 of the student row over its seeds; its best seed",
         "runs": entries,
     }
     atomic_write_json(report / "report.json", doc)
