@@ -215,7 +215,8 @@ def test_the_served_row_is_the_best_mean_over_seeds_not_the_luckiest_run() -> No
                Run("d", "hgn_ce", 42): _metrics(0.50), Run("d", "teacher_gru_temporal", 42): _metrics(0.90)}
     best, why = choose_served(results, "d")
     assert best == Run("d", steady, 43)  # the row of mean .0703 (not .0643), and its best seed (.0720)
-    assert "mean valid full N@10 0.0703 over 3 seeds" in why and "seed43 (valid full N@10 0.0720" in why
+    assert why.startswith(f"d/{steady}/seed43: the best of 3 finished student rows")
+    assert "row mean N@10 0.0703 over 3 seeds; this seed, the row's best, 0.0720" in why
     assert "same student alone (hgn_ce: mean valid full N@10 0.0500 over 1 seed)" in why
 
 

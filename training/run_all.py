@@ -188,9 +188,9 @@ def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | N
         why = "a distilled student; its student alone was not trained in this folder"
     else:
         why = "a student trained ALONE: no distilled student beats it on validation here, so imitation does not pay"
-    line = (f"{dataset}/{row}: mean valid full N@10 {mean[row]:.4f} over {_seeds(len(by_row[row]))}, best of "
-            f"{len(by_row)} finished student rows on validation full ranking; exported: seed{best.seed} (valid full "
-            f"N@10 {choice_score(results[best]):.4f}, sampled {sampled:.4f}) ({why})")
+    line = (f"{dataset}/{row}/seed{best.seed}: the best of {len(by_row)} finished student rows on validation full "
+            f"ranking (row mean N@10 {mean[row]:.4f} over {_seeds(len(by_row[row]))}; this seed, the row's best, "
+            f"{choice_score(results[best]):.4f}, sampled {sampled:.4f}) ({why})")
     return best, line
 
 
