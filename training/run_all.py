@@ -173,12 +173,13 @@ def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | N
     cands = [r for r in results if r.dataset == dataset and r.layers is None and is_student_row(r.model)]
     if not cands:
         return None
+    score = {r: choice_score(results[r]) for r in cands}
     by_row: dict[str, list[Run]] = {}
     for r in cands:
         by_row.setdefault(r.model, []).append(r)
-    mean = {row: statistics.fmean(choice_score(results[r]) for r in runs) for row, runs in by_row.items()}
+    mean = {row: statistics.fmean(score[r] for r in runs) for row, runs in by_row.items()}
     row = max(mean, key=lambda n: (mean[n], n))
-    best = max(by_row[row], key=lambda r: (choice_score(results[r]), -r.seed))
+    best = max(by_row[row], key=lambda r: (score[r], -r.seed))
     alone_row = alone_of(row)
     sampled = results[best]["valid"]["sampled"]["ndcg@10"]
     if spec_of(row).teachers and alone_row in mean:
@@ -190,7 +191,7 @@ def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | N
         why = "a student trained ALONE: no distilled student beats it on validation here, so imitation does not pay"
     line = (f"{dataset}/{row}/seed{best.seed}: the best of {len(by_row)} finished student rows on validation full "
             f"ranking (row mean N@10 {mean[row]:.4f} over {_seeds(len(by_row[row]))}; this seed, the row's best, "
-            f"{choice_score(results[best]):.4f}, sampled {sampled:.4f}) ({why})")
+            f"{score[best]:.4f}, sampled {sampled:.4f}) ({why})")
     return best, line
 
 
