@@ -220,6 +220,22 @@ def test_the_served_row_is_the_best_mean_over_seeds_not_the_luckiest_run() -> No
     assert "same student alone (hgn_ce: mean valid full N@10 0.0500 over 1 seed)" in why
 
 
+def test_a_row_served_over_fewer_seeds_than_another_says_so() -> None:
+    """A one-seed row far above three-seed rows is served (leaving it out would serve a worse model), and the
+    line warns that one seed carries it; a winner with the most seeds gets no such warning."""
+    from training.run_all import Run, choose_served
+
+    full, partial = "ssi_hgn_ce_gru", "ssi_hgn_ce_gru_mean"
+    results = {Run("d", full, 42): _metrics(0.70), Run("d", full, 43): _metrics(0.72), Run("d", full, 44): _metrics(0.69),
+               Run("d", partial, 42): _metrics(0.80)}
+    best, why = choose_served(results, "d")
+    assert best == Run("d", partial, 42)
+    assert "over 1 seed; this seed, the row's best, 0.0800, sampled 0.8000; fewer seeds than the 3 seeds of another row" in why
+    results[Run("d", partial, 42)] = _metrics(0.60)
+    best, why = choose_served(results, "d")
+    assert best == Run("d", full, 43) and "fewer seeds" not in why
+
+
 def test_discover_finished_reads_every_row_under_out(tmp_path) -> None:
     from training.run_all import Run, discover_finished
 

@@ -169,7 +169,9 @@ def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | N
 
     Full ranking decides because it is what the server returns; the sampled metric (99 negatives) can order
     models differently, and is shown beside it. The row mean decides, not the single best run: with rows a
-    few 1e-4 apart, the best of 3 x N runs is mostly the luckiest seed, and a row is what a user retrains."""
+    few 1e-4 apart, the best of 3 x N runs is mostly the luckiest seed, and a row is what a user retrains.
+    A row over fewer seeds than another still competes (leaving it out could serve a far worse model over more
+    seeds), and the line says when the winner is such a row."""
     cands = [r for r in results if r.dataset == dataset and r.layers is None and is_student_row(r.model)]
     if not cands:
         return None
@@ -189,9 +191,12 @@ def choose_served(results: dict[Run, dict], dataset: str) -> tuple[Run, str] | N
         why = "a distilled student; its student alone was not trained in this folder"
     else:
         why = "a student trained ALONE: no distilled student beats it on validation here, so imitation does not pay"
+    most = max(len(runs) for runs in by_row.values())
+    caveat = (f"; fewer seeds than the {_seeds(most)} of another row, so one lucky seed may carry it: train its "
+              f"other seeds to confirm" if len(by_row[row]) < most else "")
     line = (f"{dataset}/{row}/seed{best.seed}: the best of {len(by_row)} finished student rows on validation full "
             f"ranking (row mean N@10 {mean[row]:.4f} over {_seeds(len(by_row[row]))}; this seed, the row's best, "
-            f"{score[best]:.4f}, sampled {sampled:.4f}) ({why})")
+            f"{score[best]:.4f}, sampled {sampled:.4f}{caveat}) ({why})")
     return best, line
 
 
