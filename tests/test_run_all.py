@@ -167,7 +167,7 @@ def test_run_all_refuses_to_train_new_teachers_beside_finished_ones_unless_asked
     out = tmp_path / "runs"
     for rel in ("tiny/teacher_gru_temporal/seed42", "tiny/teacher_gru_persona/seed43", "tiny/teacher_gru_global/seed44"):
         (out / rel).mkdir(parents=True)
-        (out / rel / "metrics.json").write_text("{}")
+        (out / rel / "metrics.json").write_text(json.dumps({**_full_metrics(0.3), "wall_time_s": 1.0, "best_epoch": 1}))
     argv = ["--preset", "smoke", "--datasets", "tiny", "--data-dir", str(data), "--models",
             "ssi_hgn_ce_gru_mean", "--seeds", "43", "--out", str(out), "--no-export"]
     with pytest.raises(SystemExit) as e:
@@ -175,6 +175,8 @@ def test_run_all_refuses_to_train_new_teachers_beside_finished_ones_unless_asked
     message = str(e.value.code)
     assert message.startswith("error: tiny/teacher_gru_temporal/seed43 is imitated") and "--train-new-teachers" in message
     assert not (out / "tiny" / "teacher_gru_temporal" / "seed43").exists()  # nothing was trained
+    assert main([*argv, "--report-only"]) == 0  # it trains nothing, so it reports what is there instead of refusing
+    assert not (out / "tiny" / "teacher_gru_temporal" / "seed43").exists()
 
 
 def _metrics(valid: float, test: float = 0.3, sampled: float | None = None) -> dict:

@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     check_teacher_overrides(runs, datasets, preset, dict(args.teacher_set))
 
-    lines = unfinished_references(runs, seeds, args.out)
+    lines = [] if args.report_only else unfinished_references(runs, seeds, args.out)  # report-only trains nothing
     if lines and not args.train_new_teachers:  # hours of unwanted teacher training, so stop before it starts
         raise SystemExit("error: " + "\n  ".join([*lines, "or pass --train-new-teachers to train them"]))
     for line in lines:
