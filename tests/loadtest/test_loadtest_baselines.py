@@ -24,6 +24,8 @@ from loadtest.bench import (
     limit_of,
     load_generator_limits,
     load_note,
+    paired_markdown,
+    paired_summary,
     render_markdown,
     resolve_artifact,
 )
@@ -189,12 +191,29 @@ def test_compute_ratios() -> None:
 
 
 def test_targets_from_ratios_and_breakdown() -> None:
-    res = {"ratios": {"ours_over_floor": 0.85, "ours_over_naive": 3.5, "cpu_ours_vs_floor": 0.5},
+    res = {"ratios": {"ours_over_floor": 0.85, "ours_over_naive": 3.5, "cpu_ours_vs_floor": 0.5,
+                      "cpu_ours_vs_floor_paired": 0.7},
            "breakdown": {"stages": {"queue": {"mean_us": 20.0}}, "server_total": {"mean_us": 600.0}}}
     met = {t["target"].split(",")[0] + t["goal"]: t["met"] for t in evaluate_targets(res)}
     assert met == {"ours / floor>= 0.8": True, "ours / naive>= 4": False, "single request<= 500 us": False,
-                   "single requestnear 0 (<= 100 us)": True, "server CPU per request>= 0.67": False}
+                   "single requestnear 0 (<= 100 us)": True, "server CPU per request>= 0.67": False,
+                   "the same>= 0.67": True}
     assert all(t["met"] is None for t in evaluate_targets({}))
+
+
+def test_paired_rounds_summary_and_table() -> None:
+    rounds = [{"round": 0, "order": ["floor", "ours"], "floor_us": 100.0, "ours_us": 250.0, "ratio": 0.4},
+              {"round": 1, "order": ["ours", "floor"], "floor_us": 120.0, "ours_us": 200.0, "ratio": 0.6},
+              {"round": 2, "order": ["floor", "ours"], "floor_us": 90.0, "ours_us": 180.0, "ratio": 0.5},
+              {"round": 3, "order": ["ours", "floor"], "floor_us": math.nan, "ours_us": 180.0, "ratio": math.nan}]
+    p = paired_summary(rounds)
+    assert (p["median"], p["min"], p["max"]) == (0.5, 0.4, 0.6)  # the failed round is left out
+    assert paired_summary(rounds[:2])["median"] == pytest.approx(0.5)  # even count: the middle two's mean
+    assert math.isnan(paired_summary(rounds[3:])["median"])
+    md = "\n".join(paired_markdown(p, {"moderate_rate": 200.0}))
+    assert "| 1 | ours then floor | 120 | 200 | 0.60 |" in md and "| 3 | ours then floor | n/a | 180 | n/a |" in md
+    assert "| median (min - max) | | | | 0.50 (0.40 - 0.60); target >= 0.67 |" in md
+    assert paired_markdown(None, {}) == [] and "error: no floor" in paired_markdown({"error": "no floor"}, {})[1]
 
 
 def test_limit_of_names_what_held_a_step() -> None:
