@@ -469,7 +469,7 @@ def run_paired_cpu(floor: ServerSpec, ours: ServerSpec, rounds: int, args: Bench
                             raw / f"paired-{srv.spec.name}-{r}", rate=args.moderate_rate, loadgen_cpus=loadgen_cpus)
                 us[srv.spec.name] = cpu_per_request_us(asdict(m)) if not m.failures else math.nan
             f_us, o_us = us[f_srv.spec.name], us[o_srv.spec.name]
-            ratio = f_us / o_us if o_us > 0 and not (math.isnan(f_us) or math.isnan(o_us)) else math.nan
+            ratio = f_us / o_us if o_us > 0 else math.nan  # a failed step's nan carries through
             out.append({"round": r, "order": [s.spec.name for s in order], "floor_us": f_us, "ours_us": o_us,
                         "ratio": ratio})
             log(f"  round {r}: floor {f_us:.0f} us, ours {o_us:.0f} us per request, floor / ours {ratio:.2f}")
